@@ -1,0 +1,44 @@
+"""``optlab list``: the optimizer catalogue with defaults and their sources."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _format(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_format(v) for v in value) + ")"
+    return str(value)
+
+
+def run(args: argparse.Namespace) -> int:
+    from optlab.optim.registry import get_spec, list_optimizers
+
+    hidden = {"maximize", "foreach", "fused"}
+    for name in list_optimizers():
+        spec = get_spec(name)
+        defaults = ", ".join(
+            f"{key}={_format(value)}"
+            for key, value in spec.defaults().items()
+            if key not in hidden and (args.all or value not in (False, None))
+        )
+        print(f"{name:<10} {spec.cls.__name__:<10} {defaults}")
+        if args.verbose:
+            print(f"{'':<10} {spec.description}; defaults: {spec.defaults_source}")
+            print(f"{'':<10} paper: {spec.paper}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "list",
+        help="list the optimizers with their defaults",
+        description="List every optimizer in the registry with its default hyper-parameters.",
+        epilog="example:\n  optlab list --verbose",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="add papers and sources")
+    parser.add_argument("--all", action="store_true", help="also show options that are off")
+    parser.set_defaults(func=run)

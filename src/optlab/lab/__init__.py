@@ -1,0 +1,1 @@
+"""The lab: tasks, runs, studies, results, plots and reports (depends on optlab.optim)."""

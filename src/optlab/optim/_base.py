@@ -1,0 +1,443 @@
+"""What every optlab optimizer shares, written once.
+
+An optlab optimizer is a thin :class:`torch.optim.Optimizer` shell over a pure
+update rule (a function over lists of tensors, one module per algorithm).
+This module holds everything the shells have in common:
+
+- hyper-parameter validation with one message format
+  (``betas[1] must be in [0, 1), got 1.0``);
+- lazy state creation and step counting (``state["step"]`` is a 0-dim
+  float32 tensor, as in torch.optim, so checkpoints move both ways);
+- the low-precision policy: optimizers that opt in keep their state in
+  float32 and compute the update in float32 for fp16/bf16 parameters;
+- complex parameters, viewed as real pairs exactly as torch.optim does;
+- choosing the per-tensor loop, the multi-tensor (``torch._foreach_*``) or
+  the fused implementation from the ``foreach`` / ``fused`` flags;
+- loading checkpoints: checked before anything changes (a rejected
+  ``load_state_dict`` leaves the optimizer as it was), older and foreign
+  formats (a Python-int ``step``, options missing from the groups) filled in.
+
+A subclass declares its defaults, a ``_check_hparams`` that validates one
+group, ``_init_state`` and ``_update_group``; see :mod:`optlab.optim.adam`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import chain
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+__all__ = [
+    "OptlabOptimizer",
+    "as_real",
+    "check_betas",
+    "check_bool",
+    "check_interval",
+    "check_nonnegative",
+    "foreach_grads",
+    "group_by_device_and_dtype",
+    "loop_grad",
+    "scalar",
+]
+
+# --------------------------------------------------------------------------
+# Validation: one message format for every optimizer.
+# --------------------------------------------------------------------------
+
+
+def _as_number(name: str, value: Any) -> float:
+    """Return ``value`` as a float, or raise naming what was given."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"{name} must be a number or a 1-element tensor, got a tensor of shape "
+                f"{tuple(value.shape)}"
+            )
+        return float(value.detach().cpu().item())
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    return float(value)
+
+
+def check_nonnegative(name: str, value: Any) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite number >= 0."""
+    number = _as_number(name, value)
+    if not (number >= 0.0) or math.isinf(number):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def check_interval(
+    name: str,
+    value: Any,
+    low: float,
+    high: float,
+    *,
+    closed_low: bool = True,
+    closed_high: bool = False,
+) -> None:
+    """Raise ``ValueError`` unless ``value`` lies in the given interval."""
+    number = _as_number(name, value)
+    above = number >= low if closed_low else number > low
+    below = number <= high if closed_high else number < high
+    if not (above and below):
+        interval = f"{'[' if closed_low else '('}{low:g}, {high:g}{']' if closed_high else ')'}"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+
+
+def check_betas(betas: Any, name: str = "betas") -> None:
+    """Raise unless ``betas`` is a pair with each entry in [0, 1)."""
+    if not isinstance(betas, Sequence) or isinstance(betas, str) or len(betas) != 2:
+        raise ValueError(f"{name} must be a pair (beta1, beta2), got {betas!r}")
+    for index, beta in enumerate(betas):
+        check_interval(f"{name}[{index}]", beta, 0.0, 1.0)
+
+
+def check_bool(name: str, value: Any) -> None:
+    """Raise unless ``value`` is a bool."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def _check_optional_bool(name: str, value: Any) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"{name} must be None, True or False, got {value!r}")
+
+
+# --------------------------------------------------------------------------
+# Small helpers the update rules use.
+# --------------------------------------------------------------------------
+
+
+def as_real(tensor: Tensor) -> Tensor:
+    """A real view of a complex tensor (last dim 2), the tensor itself otherwise."""
+    return torch.view_as_real(tensor) if torch.is_complex(tensor) else tensor
+
+
+def scalar(value: float | Tensor) -> float:
+    """A Python float from a float or a 1-element tensor (e.g. a tensor ``lr``)."""
+    return float(value.item()) if isinstance(value, Tensor) else float(value)
+
+
+def group_by_device_and_dtype(
+    *tensorlists: Sequence[Tensor] | None,
+) -> list[list[list[Tensor] | None]]:
+    """Split parallel tensor lists into runs whose first list shares device and dtype.
+
+    ``torch._foreach_*`` ops need one device and dtype per call. Lists given as
+    ``None`` (an unused state such as ``max_exp_avg_sqs`` without amsgrad) stay
+    ``None`` in every run. Order within a run follows the input order.
+    """
+    runs: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for index, tensor in enumerate(tensorlists[0] or ()):
+        runs.setdefault((tensor.device, tensor.dtype), []).append(index)
+    return [
+        [None if tensors is None else [tensors[i] for i in indices] for tensors in tensorlists]
+        for indices in runs.values()
+    ]
+
+
+def loop_grad(param: Tensor, grad: Tensor, *, maximize: bool, weight_decay: float) -> Tensor:
+    """The gradient one rule sees: negated for ``maximize``, then coupled (L2) weight decay.
+
+    Never writes into ``param.grad``: a new tensor is returned whenever it differs.
+    """
+    if maximize:
+        grad = -grad
+    if weight_decay != 0:
+        grad = grad.add(param, alpha=weight_decay)
+    return grad
+
+
+def foreach_grads(
+    params: list[Tensor], grads: list[Tensor], *, maximize: bool, weight_decay: float
+) -> list[Tensor]:
+    """:func:`loop_grad` over lists with ``torch._foreach_*`` (never writes into ``grads``)."""
+    if maximize:
+        grads = torch._foreach_neg(grads)
+    if weight_decay != 0:
+        if maximize:  # grads is already our own copy
+            torch._foreach_add_(grads, params, alpha=weight_decay)
+        else:
+            grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    return grads
+
+
+_FOREACH_TYPES = (Tensor, torch.nn.Parameter)
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+# --------------------------------------------------------------------------
+# The shell.
+# --------------------------------------------------------------------------
+
+
+class OptlabOptimizer(Optimizer):
+    """Base class of every optlab optimizer.
+
+    Subclasses set the class attributes below and implement
+    :meth:`_check_hparams`, :meth:`_init_state` and :meth:`_update_group`.
+    """
+
+    #: Every state key the optimizer may write besides ``"step"``.
+    state_keys: ClassVar[tuple[str, ...]] = ()
+    #: Whether ``state["step"]`` is kept (torch.optim.SGD keeps none).
+    counts_steps: ClassVar[bool] = True
+    #: fp16/bf16 parameters: state in float32 and the update computed in float32.
+    fp32_for_low_precision: ClassVar[bool] = False
+    #: Implementations this optimizer has, in the order ``foreach=None`` prefers.
+    implementations: ClassVar[tuple[str, ...]] = ("foreach", "loop")
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+        defaults.setdefault("maximize", False)
+        defaults.setdefault("foreach", None)
+        defaults.setdefault("fused", None)
+        self._check_all(defaults, where="")
+        super().__init__(params, defaults)
+
+    # ----- validation ------------------------------------------------------
+
+    def _check_hparams(self, group: Mapping[str, Any]) -> None:
+        """Validate one group's hyper-parameters (raise ``ValueError``)."""
+        raise NotImplementedError
+
+    def _check_all(self, group: Mapping[str, Any], where: str) -> None:
+        try:
+            check_bool("maximize", group["maximize"])
+            _check_optional_bool("foreach", group["foreach"])
+            _check_optional_bool("fused", group["fused"])
+            if group["foreach"] and group["fused"]:
+                raise ValueError("foreach and fused cannot both be True; pick one")
+            if group["fused"] and "fused" not in self.implementations:
+                raise ValueError(
+                    f"fused=True is not available for {type(self).__name__}; "
+                    f"available implementations: {', '.join(self.implementations)}"
+                )
+            self._check_hparams(group)
+        except ValueError as error:
+            if not where:
+                raise
+            raise ValueError(f"{where}: {error}") from None
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        candidate = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
+        self._check_all(candidate, where=f"param group {len(self.param_groups)}")
+        super().add_param_group(param_group)
+
+    # ----- state ------------------------------------------------------------
+
+    def _state_dtype(self, param: Tensor) -> torch.dtype:
+        if self.fp32_for_low_precision and param.dtype in _LOW_PRECISION:
+            return torch.float32
+        return param.dtype
+
+    def _zeros_like(self, param: Tensor) -> Tensor:
+        """A zero state tensor for ``param`` in the state dtype this optimizer keeps."""
+        return torch.zeros_like(
+            param, dtype=self._state_dtype(param), memory_format=torch.preserve_format
+        )
+
+    def _full_like(self, param: Tensor, value: float) -> Tensor:
+        return torch.full_like(
+            param, value, dtype=self._state_dtype(param), memory_format=torch.preserve_format
+        )
+
+    def _init_state(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, Any]:
+        """The state of ``param`` before its first step (without ``step``)."""
+        raise NotImplementedError
+
+    def _required_state_keys(self, group: Mapping[str, Any]) -> set[str]:
+        """Keys a non-empty state must hold under ``group``'s options."""
+        return set(self._init_state_keys_for(group))
+
+    def _init_state_keys_for(self, group: Mapping[str, Any]) -> Iterable[str]:
+        probe = torch.zeros(1)
+        return self._init_state(probe, group).keys()
+
+    def _real_states(self, states: list[dict[str, Any]]) -> dict[str, list[Tensor]]:
+        """Per state key present in every state: the list of (real views of) its tensors."""
+        return {
+            key: [as_real(state[key]) for state in states]
+            for key in self.state_keys
+            if all(torch.is_tensor(state.get(key)) for state in states)
+        }
+
+    # ----- the step ---------------------------------------------------------
+
+    def _update_group(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+        implementation: str,
+    ) -> None:
+        """Apply the update rule to one group (params and grads already real views)."""
+        raise NotImplementedError
+
+    def _implementation(self, group: Mapping[str, Any], params: list[Tensor]) -> str:
+        if group.get("fused"):
+            return "fused"
+        foreach = group.get("foreach")
+        if foreach is None:
+            foreach = all(type(p) in _FOREACH_TYPES for p in params)
+        return "foreach" if foreach else "loop"
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one optimization step; ``closure`` re-evaluates the loss (torch contract)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group_index, group in enumerate(self.param_groups):
+            params, grads, states = self._collect(group, group_index)
+            if not params:
+                continue
+            low_precision = [
+                i for i, p in enumerate(params) if self._state_dtype(p) != p.dtype
+            ]
+            originals = [params[i] for i in low_precision]
+            for i in low_precision:
+                params[i] = params[i].float()
+                grads[i] = grads[i].float()
+            self._update_group(
+                group,
+                [as_real(p) for p in params],
+                [as_real(g) for g in grads],
+                states,
+                self._implementation(group, params),
+            )
+            for i, original in zip(low_precision, originals, strict=True):
+                original.copy_(params[i])
+        return loss
+
+    def _collect(
+        self, group: dict[str, Any], group_index: int
+    ) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]:
+        params, grads, states = [], [], []
+        for param_index, param in enumerate(group["params"]):
+            grad = param.grad
+            if grad is None:
+                continue
+            if grad.is_sparse:
+                raise RuntimeError(
+                    f"{type(self).__name__} does not support sparse gradients "
+                    f"(parameter {param_index} of param group {group_index}); use dense "
+                    "gradients (e.g. nn.Embedding(sparse=False)) or torch.optim.SparseAdam"
+                )
+            state = self.state[param]
+            if not state:
+                if self.counts_steps:
+                    state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state.update(self._init_state(param, group))
+            params.append(param)
+            grads.append(grad)
+            states.append(state)
+        if self.counts_steps and states:
+            steps = [state["step"] for state in states]
+            torch._foreach_add_(steps, 1.0)
+        return params, grads, states
+
+    # ----- checkpoints ------------------------------------------------------
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+        for param_state in self.state.values():
+            step = param_state.get("step") if isinstance(param_state, dict) else None
+            if step is not None and not torch.is_tensor(step):
+                param_state["step"] = torch.tensor(float(step), dtype=torch.float32)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Load a checkpoint, after checking it fits; on error nothing changes.
+
+        Accepts checkpoints of the torch.optim counterpart (same state keys) and
+        older formats: a Python-number ``step`` becomes a tensor, options missing
+        from a saved group take this optimizer's defaults.
+        """
+        id_map = self._check_loadable(state_dict)
+        super().load_state_dict(state_dict)  # type: ignore[arg-type]
+        # torch casts every state tensor to the parameter's dtype; where this
+        # optimizer keeps float32 state for fp16/bf16 parameters, undo that
+        # from the checkpoint's own values so nothing is rounded away.
+        for saved_id, param in id_map.items():
+            saved = state_dict["state"].get(saved_id)
+            if saved is None or self._state_dtype(param) == param.dtype:
+                continue
+            for key, value in saved.items():
+                if key != "step" and torch.is_tensor(value):
+                    self.state[param][key] = value.to(device=param.device, dtype=torch.float32)
+
+    def _check_loadable(self, state_dict: Mapping[str, Any]) -> dict[Any, Tensor]:
+        name = type(self).__name__
+        if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict):
+            raise ValueError(
+                f"{name}.load_state_dict expects a dict with 'state' and 'param_groups' "
+                f"(an optimizer.state_dict()), got {type(state_dict).__name__}"
+            )
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"checkpoint has {len(saved_groups)} param groups, this {name} has "
+                f"{len(self.param_groups)}"
+            )
+        for index, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    f"checkpoint param group {index} has {len(saved['params'])} parameters, "
+                    f"this {name}'s has {len(group['params'])}"
+                )
+            merged = {**self.defaults, **{k: v for k, v in saved.items() if k != "params"}}
+            self._check_all(merged, where=f"checkpoint param group {index}")
+        id_map = dict(
+            zip(
+                chain.from_iterable(g["params"] for g in saved_groups),
+                chain.from_iterable(g["params"] for g in self.param_groups),
+                strict=True,
+            )
+        )
+        group_of = {
+            saved_id: {**self.defaults, **saved}
+            for saved in saved_groups
+            for saved_id in saved["params"]
+        }
+        allowed = set(self.state_keys) | ({"step"} if self.counts_steps else set())
+        for saved_id, saved_state in state_dict["state"].items():
+            if saved_id not in id_map:
+                continue
+            param = id_map[saved_id]
+            keys = set(saved_state)
+            unknown = keys - allowed
+            if unknown:
+                raise ValueError(
+                    f"checkpoint state of parameter {saved_id} has keys {sorted(unknown)} that "
+                    f"{name} does not use (it uses {sorted(allowed)}); is it another "
+                    "optimizer's checkpoint?"
+                )
+            if not keys:
+                continue
+            missing = self._required_state_keys(group_of[saved_id]) - keys
+            if self.counts_steps and "step" not in keys:
+                missing.add("step")
+            if missing:
+                raise ValueError(
+                    f"checkpoint state of parameter {saved_id} lacks {sorted(missing)}, which "
+                    f"{name} needs with these options; is it another optimizer's checkpoint?"
+                )
+            for key, value in saved_state.items():
+                if key == "step" or not torch.is_tensor(value):
+                    continue
+                if tuple(value.shape) != tuple(param.shape):
+                    raise ValueError(
+                        f"checkpoint state {key!r} of parameter {saved_id} has shape "
+                        f"{tuple(value.shape)}, the parameter has shape {tuple(param.shape)}"
+                    )
+        return id_map
