@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
@@ -64,7 +64,8 @@ class RunSpec:
         object.__setattr__(self, "task_options", _frozen(self.task_options))
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(asdict(self) | {"hparams": self.hparams, "task_options": self.task_options})
+        # asdict() would deepcopy the read-only mappings, which cannot be copied.
+        return _plain({f.name: getattr(self, f.name) for f in fields(self)})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunSpec:
