@@ -1,0 +1,400 @@
+r"""AdaBelief, a drop-in for ``adabelief_pytorch.AdaBelief`` 0.2.1.
+
+Zhuang et al., "AdaBelief Optimizer: Adapting Stepsizes by the Belief in
+Observed Gradients", NeurIPS 2020, arXiv:2010.07468 (Algorithm 2); the
+rectified update is RAdam's (Liu et al., "On the Variance of the Adaptive
+Learning Rate and Beyond", ICLR 2020, arXiv:1908.03265).
+
+Update rule per parameter, in the order the reference package executes it
+(``t`` counts this step, ``bc1 = 1 - beta1^t``, ``bc2 = 1 - beta2^t``)::
+
+    g = -g                                       if maximize
+    p = p * (1 - wd)                             if weight_decouple and fixed_decay
+    p = p * (1 - lr * wd)                        if weight_decouple (AdamW-style)
+    g = g + wd * p                               otherwise, if wd != 0 (L2)
+    m = beta1 * m + (1 - beta1) * g
+    s = beta2 * s + (1 - beta2) * (g - m)^2      # the belief: spread around the new m
+    s = s + eps                                  # stored: eps accumulates in s
+    s_max = max(s_max, s)                        if amsgrad
+    if not rectify:
+        p = p - lr / bc1 * m / (sqrt(s_max or s) / sqrt(bc2) + eps)
+    else:                                        # RAdam's rectification
+        rho_inf = 2 / (1 - beta2) - 1
+        rho_t = rho_inf - 2 t beta2^t / (1 - beta2^t)
+        if rho_t >= 5:
+            r = sqrt(bc2 (rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t)) / bc1
+            p = p - lr * r * m / (sqrt(s) + eps)     # s, not s_max; bc2 is inside r
+        elif degenerated_to_sgd:
+            p = p - lr / bc1 * m                     # SGD with bias-corrected momentum
+        # else: p is left as it is (the moments still move)
+
+eps sits inside the square root (it is added to ``s`` every step), so
+AdaBelief's eps is roughly the square of Adam's: the default 1e-16 behaves
+like Adam's 1e-8. The package's advice: eps=1e-8 where SGD beats Adam
+(CNNs on images), eps=1e-16 where Adam beats SGD (transformers, GANs).
+With ``rectify=True`` (the default) and beta2=0.999 the first five steps are
+SGD steps (rho_t < 5), and ``amsgrad`` has no effect on the update: the
+rectified branch divides by ``s``, not ``s_max`` (``s_max`` is still kept,
+as in the reference, so checkpoints move both ways).
+
+Defaults are the package's 0.2.1 defaults: lr=1e-3, betas=(0.9, 0.999),
+eps=1e-16, weight_decay=0, amsgrad=False, weight_decouple=True,
+fixed_decay=False, rectify=True, degenerated_to_sgd=True. (Its 0.0.5
+defaults were eps=1e-8, weight_decouple=False, rectify=False, which is also
+what ``torch_optimizer.AdaBelief`` implements.) State keys are the
+package's: ``step``, ``exp_avg``, ``exp_avg_var``, ``max_exp_avg_var``.
+
+Departures from the reference, each deliberate:
+
+- every option (``weight_decouple``, ``fixed_decay``, ``rectify``,
+  ``degenerated_to_sgd`` included) is a per-group hyper-parameter saved in
+  ``state_dict``; the package keeps four of them on the instance;
+- nothing is printed; ``print_change_log`` is accepted and ignored;
+- ``amsgrad=True`` with ``rectify=True``, which the package silently
+  ignores, gives one ``UserWarning`` saying so;
+- ``p.grad`` is never modified (the package adds the L2 term into it);
+- fp16 *and* bf16 parameters: the update is computed in float32 and the
+  state kept in float32, so eps=1e-16 does not underflow (the package does
+  this for fp16 only; its bf16 state is bf16);
+- the rectification terms are computed from each step count instead of the
+  package's per-group ``buffer`` cache, which returns stale values when a
+  group added by ``add_param_group`` has other betas; a ``buffer`` key in a
+  loaded checkpoint is dropped;
+- ``maximize``, ``foreach`` and ``fused`` as in torch.optim; negative
+  ``weight_decay`` is rejected; sparse gradients raise a clear error.
+
+Checkpoints written by the package (Python-int ``step``, options missing
+from the groups) load and continue identically: missing options take this
+optimizer's defaults, so build it with the same arguments as the original.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._base import (
+    OptlabOptimizer,
+    check_betas,
+    check_bool,
+    check_nonnegative,
+    foreach_grads,
+    group_by_device_and_dtype,
+    loop_grad,
+    scalar,
+)
+
+__all__ = ["AdaBelief", "adabelief"]
+
+_AMSGRAD_RECTIFY_WARNING = (
+    "AdaBelief: amsgrad=True has no effect on the update when rectify=True (the "
+    "rectified step divides by exp_avg_var, not its running maximum); set "
+    "rectify=False to use AMSGrad, or amsgrad=False to silence this warning"
+)
+
+
+def adabelief(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_vars: list[Tensor],
+    max_exp_avg_vars: list[Tensor] | None,
+    steps: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    amsgrad: bool,
+    weight_decouple: bool,
+    fixed_decay: bool,
+    rectify: bool,
+    degenerated_to_sgd: bool,
+    maximize: bool,
+    implementation: str = "foreach",
+) -> None:
+    """Apply one AdaBelief step in place. ``steps`` already count this step."""
+    kernel = {"loop": _single_tensor_adabelief, "foreach": _multi_tensor_adabelief}[implementation]
+    kernel(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_vars,
+        max_exp_avg_vars,
+        steps,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        amsgrad=amsgrad,
+        weight_decouple=weight_decouple,
+        fixed_decay=fixed_decay,
+        rectify=rectify,
+        degenerated_to_sgd=degenerated_to_sgd,
+        maximize=maximize,
+    )
+
+
+def rectified_step_size(
+    step: float, *, beta1: float, beta2: float, degenerated_to_sgd: bool
+) -> tuple[str, float]:
+    """RAdam's rectified step size (without ``lr``) for step ``step``, as the reference computes it.
+
+    Returns ``("adaptive", r)`` when rho_t >= 5 (divide by ``sqrt(s) + eps``),
+    ``("sgd", 1 / bc1)`` when the variance is not tractable yet and
+    ``degenerated_to_sgd``, and ``("none", 0.0)`` otherwise (no step).
+    """
+    beta2_t = beta2**step
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * step * beta2_t / (1 - beta2_t)
+    if rho_t >= 5:
+        r = math.sqrt(
+            (1 - beta2_t)
+            * (rho_t - 4)
+            / (rho_inf - 4)
+            * (rho_t - 2)
+            / rho_t
+            * rho_inf
+            / (rho_inf - 2)
+        )
+        return "adaptive", r / (1 - beta1**step)
+    if degenerated_to_sgd:
+        return "sgd", 1.0 / (1 - beta1**step)
+    return "none", 0.0
+
+
+def _decay_factor(lr: float, weight_decay: float, fixed_decay: bool) -> float:
+    return 1.0 - weight_decay if fixed_decay else 1.0 - lr * weight_decay
+
+
+def _single_tensor_adabelief(
+    params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars, steps, *,
+    lr, beta1, beta2, eps, weight_decay, amsgrad, weight_decouple, fixed_decay, rectify,
+    degenerated_to_sgd, maximize,
+) -> None:  # fmt: skip
+    for i, param in enumerate(params):
+        if weight_decouple:
+            grad = loop_grad(param, grads[i], maximize=maximize, weight_decay=0.0)
+            if weight_decay != 0:
+                param.mul_(_decay_factor(lr, weight_decay, fixed_decay))
+        else:
+            grad = loop_grad(param, grads[i], maximize=maximize, weight_decay=weight_decay)
+        exp_avg, exp_avg_var = exp_avgs[i], exp_avg_vars[i]
+        exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+        grad_residual = grad - exp_avg
+        exp_avg_var.mul_(beta2).addcmul_(grad_residual, grad_residual, value=1 - beta2)
+        exp_avg_var.add_(eps)
+        if amsgrad:
+            torch.maximum(max_exp_avg_vars[i], exp_avg_var, out=max_exp_avg_vars[i])
+
+        step = steps[i].item()
+        if not rectify:
+            second_moment = max_exp_avg_vars[i] if amsgrad else exp_avg_var
+            denom = (second_moment.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
+            param.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1**step)))
+            continue
+        kind, step_size = rectified_step_size(
+            step, beta1=beta1, beta2=beta2, degenerated_to_sgd=degenerated_to_sgd
+        )
+        if kind == "adaptive":
+            param.addcdiv_(exp_avg, exp_avg_var.sqrt().add_(eps), value=-step_size * lr)
+        elif kind == "sgd":
+            param.add_(exp_avg, alpha=-step_size * lr)
+
+
+def _multi_tensor_adabelief(
+    params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars, steps, *,
+    lr, beta1, beta2, eps, weight_decay, amsgrad, weight_decouple, fixed_decay, rectify,
+    degenerated_to_sgd, maximize,
+) -> None:  # fmt: skip
+    runs = group_by_device_and_dtype(
+        params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars if amsgrad else None, steps
+    )
+    for run_params, run_grads, run_exp_avgs, run_exp_avg_vars, run_max, run_steps in runs:
+        if weight_decouple:
+            run_grads = foreach_grads(run_params, run_grads, maximize=maximize, weight_decay=0.0)
+            if weight_decay != 0:
+                torch._foreach_mul_(run_params, _decay_factor(lr, weight_decay, fixed_decay))
+        else:
+            run_grads = foreach_grads(
+                run_params, run_grads, maximize=maximize, weight_decay=weight_decay
+            )
+        torch._foreach_mul_(run_exp_avgs, beta1)
+        torch._foreach_add_(run_exp_avgs, run_grads, alpha=1 - beta1)
+        grad_residuals = torch._foreach_sub(run_grads, run_exp_avgs)
+        torch._foreach_mul_(run_exp_avg_vars, beta2)
+        torch._foreach_addcmul_(run_exp_avg_vars, grad_residuals, grad_residuals, 1 - beta2)
+        del grad_residuals
+        torch._foreach_add_(run_exp_avg_vars, eps)
+        if amsgrad:
+            torch._foreach_maximum_(run_max, run_exp_avg_vars)
+
+        step_values = [step.item() for step in run_steps]
+        if not rectify:
+            denoms = torch._foreach_sqrt(run_max if amsgrad else run_exp_avg_vars)
+            torch._foreach_div_(denoms, [math.sqrt(1 - beta2**step) for step in step_values])
+            torch._foreach_add_(denoms, eps)
+            step_sizes = [-(lr / (1 - beta1**step)) for step in step_values]
+            torch._foreach_addcdiv_(run_params, run_exp_avgs, denoms, step_sizes)
+            continue
+
+        adaptive: list[int] = []
+        adaptive_sizes: list[float] = []
+        sgd: dict[float, list[int]] = {}  # step size -> tensors (one entry unless steps differ)
+        for index, step in enumerate(step_values):
+            kind, step_size = rectified_step_size(
+                step, beta1=beta1, beta2=beta2, degenerated_to_sgd=degenerated_to_sgd
+            )
+            if kind == "adaptive":
+                adaptive.append(index)
+                adaptive_sizes.append(-step_size * lr)
+            elif kind == "sgd":
+                sgd.setdefault(-step_size * lr, []).append(index)
+        if adaptive:
+            denoms = torch._foreach_sqrt([run_exp_avg_vars[i] for i in adaptive])
+            torch._foreach_add_(denoms, eps)
+            torch._foreach_addcdiv_(
+                [run_params[i] for i in adaptive],
+                [run_exp_avgs[i] for i in adaptive],
+                denoms,
+                adaptive_sizes,
+            )
+        for alpha, indices in sgd.items():
+            torch._foreach_add_(
+                [run_params[i] for i in indices], [run_exp_avgs[i] for i in indices], alpha=alpha
+            )
+
+
+class AdaBelief(OptlabOptimizer):
+    """AdaBelief, a drop-in for ``adabelief_pytorch.AdaBelief`` 0.2.1 (same arguments and order).
+
+    Args:
+        params: parameters or param groups.
+        lr: learning rate, a float or a 1-element tensor (default 1e-3).
+        betas: decay rates of the gradient mean and its belief (default (0.9, 0.999)).
+        eps: added to ``exp_avg_var`` every step, i.e. inside the square root
+            (default 1e-16, which acts like Adam's 1e-8; use 1e-8 where SGD
+            beats Adam, e.g. CNNs on images).
+        weight_decay: weight decay (default 0); decoupled or L2 per ``weight_decouple``.
+        amsgrad: divide by the running maximum of ``exp_avg_var``; only with
+            ``rectify=False`` (default False).
+        weight_decouple: AdamW-style decay ``p *= 1 - lr * wd`` instead of L2 (default True).
+        fixed_decay: with ``weight_decouple``, decay ``p *= 1 - wd``, independent of lr
+            (default False).
+        rectify: RAdam's rectified update (default True).
+        degenerated_to_sgd: with ``rectify``, take SGD-with-momentum steps while
+            the variance is not yet tractable, instead of no step (default True).
+        print_change_log: accepted for compatibility and ignored (nothing is printed).
+        maximize: maximize the objective instead of minimizing it.
+        foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
+        fused: reserved for the fused implementation.
+    """
+
+    state_keys = ("exp_avg", "exp_avg_var", "max_exp_avg_var")
+    fp32_for_low_precision = True
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-16,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        weight_decouple: bool = True,
+        fixed_decay: bool = False,
+        rectify: bool = True,
+        degenerated_to_sgd: bool = True,
+        print_change_log: bool = True,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+    ) -> None:
+        del print_change_log  # the reference prints a change log; optlab prints nothing
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            weight_decouple=weight_decouple,
+            fixed_decay=fixed_decay,
+            rectify=rectify,
+            degenerated_to_sgd=degenerated_to_sgd,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+        )
+        self._constructing = True
+        super().__init__(params, defaults)
+        self._constructing = False
+        if any(_amsgrad_without_effect(group) for group in self.param_groups):
+            warnings.warn(_AMSGRAD_RECTIFY_WARNING, UserWarning, stacklevel=2)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        # During __init__ the groups are checked once, together, for one warning.
+        if not getattr(self, "_constructing", False) and _amsgrad_without_effect(
+            self.param_groups[-1]
+        ):
+            warnings.warn(_AMSGRAD_RECTIFY_WARNING, UserWarning, stacklevel=2)
+
+    def _check_hparams(self, group) -> None:
+        check_nonnegative("lr", group["lr"])
+        check_betas(group["betas"])
+        check_nonnegative("eps", group["eps"])
+        check_nonnegative("weight_decay", group["weight_decay"])
+        for flag in ("amsgrad", "weight_decouple", "fixed_decay", "rectify", "degenerated_to_sgd"):
+            check_bool(flag, group[flag])
+
+    def _init_state(self, param, group) -> dict[str, Any]:
+        state = {"exp_avg": self._zeros_like(param), "exp_avg_var": self._zeros_like(param)}
+        if group["amsgrad"]:
+            state["max_exp_avg_var"] = self._zeros_like(param)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.pop("buffer", None)  # the reference's RAdam cache; recomputed here
+
+    def _update_group(self, group, params, grads, states, implementation) -> None:
+        amsgrad = group["amsgrad"]
+        if amsgrad:  # amsgrad switched on after a checkpoint written without it
+            for state in states:
+                if "max_exp_avg_var" not in state:
+                    state["max_exp_avg_var"] = torch.zeros_like(state["exp_avg_var"])
+        real = self._real_states(states)
+        beta1, beta2 = group["betas"]
+        adabelief(
+            params,
+            grads,
+            real["exp_avg"],
+            real["exp_avg_var"],
+            real["max_exp_avg_var"] if amsgrad else None,
+            [state["step"] for state in states],
+            lr=scalar(group["lr"]),
+            beta1=scalar(beta1),
+            beta2=scalar(beta2),
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            amsgrad=amsgrad,
+            weight_decouple=group["weight_decouple"],
+            fixed_decay=group["fixed_decay"],
+            rectify=group["rectify"],
+            degenerated_to_sgd=group["degenerated_to_sgd"],
+            maximize=group["maximize"],
+            implementation=implementation,
+        )
+
+
+def _amsgrad_without_effect(group: dict[str, Any]) -> bool:
+    return bool(group.get("amsgrad")) and bool(group.get("rectify"))
