@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim.optimizer import _foreach_supported_types as _torch_foreach_supported_types
 
 __all__ = [
     "OptlabOptimizer",
@@ -168,7 +169,9 @@ def foreach_grads(
     return grads
 
 
-_FOREACH_TYPES = (Tensor, torch.nn.Parameter)
+# torch.optim's own list, not a copy: DTensor (FSDP2 parameters) appends itself
+# to it when torch.distributed.tensor is imported, and its foreach ops work.
+_FOREACH_TYPES = _torch_foreach_supported_types
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
