@@ -15,7 +15,7 @@ from collections.abc import Sequence
 __all__ = ["CommandLineError", "OneLineParser", "main"]
 
 #: Modules that each register one or more sub-commands, in help order.
-COMMAND_MODULES: tuple[str, ...] = ("optlab.cli_list",)
+COMMAND_MODULES: tuple[str, ...] = ("optlab.cli_list", "optlab.cli_lab")
 
 
 class CommandLineError(Exception):
