@@ -1,0 +1,585 @@
+"""The lab's tasks: a model and its data, built from a seed, and how to evaluate it.
+
+A :class:`Task` is a catalogue entry (name, defaults, metric, target); its
+:meth:`Task.build` makes a :class:`Problem` for one seed: the model, the
+train and test data in memory, the batch loss and the evaluation. The one
+trainer (:mod:`optlab.lab.train`) runs every task the same way.
+
+Built-in tasks need no download (the data ships with scikit-learn or is
+generated); ``mnist-cnn`` and ``cifar10-resnet`` read the standard files
+from a directory the user names (:mod:`optlab.lab.data`).
+
+The seed decides the model's initial weights and the order of the
+training data; every split and every generated data set is fixed, so
+seeds differ only where a run of the same experiment would.
+
+Evaluation: ``test_loss`` is the mean loss over the whole test set (for
+tasks without a separate test set, the whole training set: the objective
+being minimised) and ``metric`` is the task's test metric: ``accuracy``
+(higher is better), ``loss`` (the test loss) or ``gap`` (objective minus
+its minimum, for the convex task).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .data import ArrayData, load_cifar10, load_mnist
+from .models import MLP, CifarResNet, DigitsCNN, MnistNet, NoisyQuadratic
+
+__all__ = ["METRICS", "Problem", "Task", "evaluate", "get_task", "list_tasks"]
+
+#: Test metrics and whether larger is better.
+METRICS: Mapping[str, bool] = MappingProxyType({"accuracy": True, "loss": False, "gap": False})
+
+
+@dataclass
+class Problem:
+    """One task built for one seed: everything the trainer needs.
+
+    Attributes:
+        model: the model to train, on the CPU.
+        train: training data.
+        test: evaluation data (may be the training data itself).
+        loss: ``loss(outputs, targets)``: mean loss of a batch.
+        metric: ``"accuracy"``, ``"loss"`` or ``"gap"``.
+        penalty: a term of the objective that depends on the parameters only
+            (added to every batch loss and to the evaluated loss), or ``None``.
+        augment: training-only random transform of a batch of model inputs,
+            ``augment(inputs, generator)``, or ``None``.
+        drop_last: drop the last incomplete training batch of every epoch.
+        optimum: minimum of the objective (``metric == "gap"`` only).
+        eval_batch_size: batch size for evaluation passes.
+    """
+
+    model: nn.Module
+    train: ArrayData
+    test: ArrayData
+    loss: Callable[[Tensor, Tensor | None], Tensor]
+    metric: str
+    penalty: Callable[[nn.Module], Tensor] | None = None
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
+    drop_last: bool = False
+    optimum: float | None = None
+    eval_batch_size: int = 1000
+
+    def objective(self, model: nn.Module, outputs: Tensor, targets: Tensor | None) -> Tensor:
+        """Mean batch loss plus the parameter penalty: what the optimizer minimises."""
+        value = self.loss(outputs, targets)
+        if self.penalty is not None:
+            value = value + self.penalty(model)
+        return value
+
+
+@torch.no_grad()
+def evaluate(problem: Problem, model: nn.Module, data: ArrayData) -> dict[str, float]:
+    """Mean loss over ``data`` (penalty included) and, when classifying, accuracy.
+
+    Runs in eval mode (restoring the model's mode afterwards), in batches of
+    ``problem.eval_batch_size``. Returns ``{"loss": ..., "accuracy": ...}``
+    (accuracy only for the ``accuracy`` metric).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        total_loss = 0.0
+        correct = 0
+        for start in range(0, len(data), problem.eval_batch_size):
+            inputs, targets = data.batch(slice(start, start + problem.eval_batch_size))
+            outputs = model(inputs)
+            total_loss += float(problem.loss(outputs, targets)) * len(inputs)
+            if problem.metric == "accuracy":
+                correct += int((outputs.argmax(dim=1) == targets).sum())
+        result = {"loss": total_loss / len(data)}
+        if problem.penalty is not None:
+            result["loss"] += float(problem.penalty(model))
+        if problem.metric == "accuracy":
+            result["accuracy"] = correct / len(data)
+        return result
+    finally:
+        model.train(was_training)
+
+
+def evaluate_metrics(problem: Problem, model: nn.Module) -> dict[str, float]:
+    """``{"test_loss", "metric"}`` of ``model`` on the problem's test data."""
+    result = evaluate(problem, model, problem.test)
+    if problem.metric == "accuracy":
+        metric = result["accuracy"]
+    elif problem.metric == "gap":
+        assert problem.optimum is not None
+        metric = result["loss"] - problem.optimum
+    else:
+        metric = result["loss"]
+    return {"test_loss": result["loss"], "metric": metric}
+
+
+Builder = Callable[[int, "str | None", Mapping[str, Any]], Problem]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One catalogue entry.
+
+    Attributes:
+        name: registry name, e.g. ``"digits-mlp"``.
+        description: one line for tables and ``optlab tasks``.
+        epochs: default number of epochs.
+        batch_size: default batch size.
+        metric: the test metric, ``"accuracy"``, ``"loss"`` or ``"gap"``.
+        target: the metric value that counts as reached ("epochs to target").
+        needs_data_dir: whether the task reads files from ``data_dir``.
+        eval_every: evaluate every this many training examples; ``None``
+            evaluates once per epoch. Both also evaluate before the first
+            step and after the last.
+        options: task settings and their defaults (model size, data
+            options); ``RunSpec.task_options`` overrides them by name.
+        threads: torch threads a run uses unless told otherwise (``threads=``
+            or ``OPTLAB_NUM_THREADS``); ``None`` keeps torch's setting. The
+            small built-in tasks use 1: their batches are too small for
+            intra-op parallelism to pay, and on a busy machine extra threads
+            make them many times slower. A fixed count also makes results
+            independent of the machine's core count.
+        builder: ``builder(seed, data_dir, options) -> Problem``.
+    """
+
+    name: str
+    description: str
+    epochs: int
+    batch_size: int
+    metric: str
+    target: float
+    builder: Builder = field(repr=False)
+    needs_data_dir: bool = False
+    eval_every: int | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    threads: int | None = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+
+    @property
+    def higher_is_better(self) -> bool:
+        return METRICS[self.metric]
+
+    def resolve_options(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The task's options with ``overrides`` applied; ``ValueError`` on an unknown name."""
+        overrides = dict(overrides or {})
+        unknown = sorted(set(overrides) - set(self.options))
+        if unknown:
+            valid = ", ".join(self.options) or "none"
+            raise ValueError(
+                f"task {self.name!r} has no option {', '.join(map(repr, unknown))}; "
+                f"valid options: {valid}"
+            )
+        return {**self.options, **overrides}
+
+    def build(
+        self,
+        seed: int = 0,
+        data_dir: str | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> Problem:
+        """The model and data for ``seed``; leaves the global random state as it was."""
+        resolved = self.resolve_options(options)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            problem = self.builder(seed, data_dir, resolved)
+        if problem.metric != self.metric:
+            raise AssertionError(f"task {self.name} built a problem measuring {problem.metric}")
+        return problem
+
+
+# --------------------------------------------------------------------------
+# scikit-learn data sets (cached: loading them takes longer than a digits epoch)
+# --------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    images, labels = load_digits(return_X_y=True)
+    # Fixed for every seed: a run's seed changes the model and the data order only.
+    return tuple(
+        train_test_split(
+            (images / 16.0).astype(np.float32),
+            labels.astype(np.int64),
+            test_size=0.25,
+            stratify=labels,
+            random_state=0,
+        )
+    )  # type: ignore[return-value]
+
+
+def _standardise(values: np.ndarray) -> np.ndarray:
+    return (values - values.mean(axis=0)) / values.std(axis=0)
+
+
+@functools.lru_cache(maxsize=1)
+def _diabetes() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_diabetes
+
+    features, target = load_diabetes(return_X_y=True)
+    return _standardise(features).astype(np.float32), _standardise(target).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def _breast_cancer() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_breast_cancer
+
+    features, target = load_breast_cancer(return_X_y=True)
+    return _standardise(features), target.astype(np.float64)
+
+
+def _cross_entropy(outputs: Tensor, targets: Tensor | None) -> Tensor:
+    return F.cross_entropy(outputs, targets)
+
+
+def _digits_data() -> tuple[ArrayData, ArrayData]:
+    train_x, test_x, train_y, test_y = _digits_split()
+    to_images = functools.partial(torch.reshape, shape=(-1, 1, 8, 8))
+    return (
+        ArrayData(torch.tensor(train_x), torch.tensor(train_y), to_images),
+        ArrayData(torch.tensor(test_x), torch.tensor(test_y), to_images),
+    )
+
+
+def _build_digits_mlp(seed: int, data_dir: str | None, options: Mapping[str, Any]) -> Problem:
+    train, test = _digits_data()
+    model = MLP(64, tuple(options["hidden"]), 10)
+    return Problem(model, train, test, _cross_entropy, "accuracy")
+
+
+def _build_digits_cnn(seed: int, data_dir: str | None, options: Mapping[str, Any]) -> Problem:
+    train, test = _digits_data()
+    model = DigitsCNN(tuple(options["channels"]))  # type: ignore[arg-type]
+    return Problem(model, train, test, _cross_entropy, "accuracy")
+
+
+# --------------------------------------------------------------------------
+# d2l's optimisation-chapter harness, on the diabetes data
+# --------------------------------------------------------------------------
+
+
+def _half_squared_error(outputs: Tensor, targets: Tensor | None) -> Tensor:
+    return 0.5 * (outputs.reshape(-1) - targets).pow(2).mean()
+
+
+def _build_diabetes(seed: int, data_dir: str | None, options: Mapping[str, Any]) -> Problem:
+    features, target = _diabetes()
+    data = ArrayData(torch.tensor(features), torch.tensor(target))
+    model = nn.Linear(features.shape[1], 1)
+    # d2l's init: weights ~ N(0, 0.01^2), bias 0.
+    with torch.no_grad():
+        model.weight.normal_(0.0, 0.01)
+        model.bias.zero_()
+    return Problem(model, data, data, _half_squared_error, "loss")
+
+
+# --------------------------------------------------------------------------
+# L2-regularised logistic regression on the breast-cancer data (convex)
+# --------------------------------------------------------------------------
+
+
+def _logistic_optimum(l2: float) -> float:
+    """Minimum of the regularised logistic objective, by Newton's method in float64."""
+    return _logistic_solution(l2)[0]
+
+
+@functools.lru_cache(maxsize=8)
+def _logistic_solution(l2: float) -> tuple[float, tuple[float, ...]]:
+    features, target = _breast_cancer()
+    x = torch.tensor(np.hstack([features, np.ones((len(features), 1))]))
+    y = torch.tensor(target)
+    n, d = x.shape
+    ridge = torch.full((d,), l2, dtype=torch.float64)
+    ridge[-1] = 0.0  # the bias is not penalised
+
+    def objective(w: Tensor) -> Tensor:
+        return F.binary_cross_entropy_with_logits(x @ w, y) + 0.5 * (ridge * w * w).sum()
+
+    w = torch.zeros(d, dtype=torch.float64)
+    value = objective(w)
+    for _ in range(100):
+        p = torch.sigmoid(x @ w)
+        gradient = x.T @ (p - y) / n + ridge * w
+        if float(gradient.norm()) < 1e-13:
+            break
+        hessian = (x.T * (p * (1 - p))) @ x / n + torch.diag(ridge)
+        direction = torch.linalg.solve(hessian, gradient)
+        step = 1.0
+        while True:  # backtracking (Armijo); Newton steps are accepted near the optimum
+            candidate = w - step * direction
+            new_value = objective(candidate)
+            if new_value <= value - 1e-4 * step * float(gradient @ direction) or step < 1e-10:
+                break
+            step *= 0.5
+        w, value = candidate, new_value
+    else:  # pragma: no cover - Newton converges in ~10 steps here
+        raise RuntimeError("Newton's method did not converge on the logistic objective")
+    return float(value), tuple(w.tolist())
+
+
+class _LogisticRegression(nn.Linear):
+    def __init__(self, features: int) -> None:
+        super().__init__(features, 1, dtype=torch.float64)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x).reshape(-1)
+
+
+def _build_cancer(seed: int, data_dir: str | None, options: Mapping[str, Any]) -> Problem:
+    l2 = float(options["l2"])
+    features, target = _breast_cancer()
+    data = ArrayData(torch.tensor(features), torch.tensor(target))
+    model = _LogisticRegression(features.shape[1])
+    with torch.no_grad():
+        model.weight.normal_(0.0, 0.01)
+        model.bias.zero_()
+
+    def penalty(module: nn.Module) -> Tensor:
+        weight = _unwrap(module).weight
+        return 0.5 * l2 * weight.pow(2).sum()
+
+    return Problem(
+        model,
+        data,
+        data,
+        F.binary_cross_entropy_with_logits,
+        "gap",
+        penalty=penalty,
+        optimum=_logistic_optimum(l2),
+    )
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel-style wrapper (``.module``)."""
+    return getattr(module, "module", module)
+
+
+# --------------------------------------------------------------------------
+# DeepOBS's noisy quadratic (quadratic_deep)
+# --------------------------------------------------------------------------
+
+
+def _haar_rotation(dim: int, rng: np.random.RandomState) -> np.ndarray:
+    """A rotation drawn from the Haar measure by the subgroup algorithm.
+
+    Diaconis & Shahshahani, "The subgroup algorithm for generating uniform
+    random variables", Prob. Eng. Inf. Sci. 1 (1987). Consumes ``rng`` in the
+    same order as DeepOBS's ``random_rotation`` (one uniform angle, then one
+    normal vector of length d + 1 for d = 2 ... dim - 1) and, like it, returns
+    the negated matrix.
+    """
+    angle = 2.0 * np.pi * rng.uniform()
+    rotation = np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]])
+    for d in range(2, dim):
+        v = rng.normal(size=(d + 1, 1))
+        v /= np.sqrt(v.T @ v)
+        e = np.zeros((d + 1, 1))
+        e[0, 0] = 1.0
+        # Householder reflection taking e to v, applied to diag(1, rotation).
+        x = (e - v) / np.sqrt((e - v).T @ (e - v))
+        embedded = np.zeros((d + 1, d + 1))
+        embedded[0, 0] = 1.0
+        embedded[1:, 1:] = rotation
+        rotation = embedded - 2.0 * x @ (x.T @ embedded)
+    return -rotation
+
+
+@functools.lru_cache(maxsize=1)
+def _quadratic_problem_data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.RandomState(42)
+    eigenvalues = np.concatenate([rng.uniform(0.0, 1.0, 90), rng.uniform(30.0, 60.0, 10)])
+    rotation = _haar_rotation(100, rng)
+    hessian = rotation.T @ np.diag(eigenvalues) @ rotation
+    train = np.random.RandomState(42).normal(0.0, 0.6, (1000, 100))
+    test = np.random.RandomState(43).normal(0.0, 0.6, (1000, 100))
+    return hessian.astype(np.float32), train.astype(np.float32), test.astype(np.float32)
+
+
+def _mean_output(outputs: Tensor, targets: Tensor | None) -> Tensor:
+    return outputs.mean()
+
+
+def _build_quadratic(seed: int, data_dir: str | None, options: Mapping[str, Any]) -> Problem:
+    hessian, train, test = _quadratic_problem_data()
+    model = NoisyQuadratic(torch.tensor(hessian))
+    return Problem(
+        model,
+        ArrayData(torch.tensor(train)),
+        ArrayData(torch.tensor(test)),
+        _mean_output,
+        "loss",
+        drop_last=True,
+    )
+
+
+# --------------------------------------------------------------------------
+# File-backed: MNIST and CIFAR-10
+# --------------------------------------------------------------------------
+
+_MNIST_MEAN, _MNIST_STD = 0.1307, 0.3081
+
+
+def _mnist_pixels(images: Tensor) -> Tensor:
+    return (images.unsqueeze(1).float() / 255.0 - _MNIST_MEAN) / _MNIST_STD
+
+
+def _build_mnist(seed: int, data_dir: str | None, options: Mapping[str, Any]) -> Problem:
+    train_x, train_y, test_x, test_y = load_mnist(data_dir)
+    return Problem(
+        MnistNet(),
+        ArrayData(torch.tensor(train_x), torch.tensor(train_y), _mnist_pixels),
+        ArrayData(torch.tensor(test_x), torch.tensor(test_y), _mnist_pixels),
+        _cross_entropy,
+        "accuracy",
+    )
+
+
+_CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+_CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+def _cifar_pixels(images: Tensor) -> Tensor:
+    mean = torch.tensor(_CIFAR_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(_CIFAR_STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+def _crop_and_flip(images: Tensor, generator: torch.Generator) -> Tensor:
+    """The standard CIFAR augmentation: 4-pixel zero padding, random 32x32 crop, random flip.
+
+    Random numbers come from ``generator`` (on the CPU), so the augmentation
+    is part of the seeded data order.
+    """
+    n, _, height, width = images.shape
+    padded = F.pad(images, (4, 4, 4, 4))
+    offsets = torch.randint(0, 9, (n, 2), generator=generator).to(images.device)
+    flips = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+    rows = offsets[:, 0, None] + torch.arange(height, device=images.device)
+    cols = offsets[:, 1, None] + torch.arange(width, device=images.device)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    batch = torch.arange(n, device=images.device)[:, None, None, None]
+    channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def _build_cifar(seed: int, data_dir: str | None, options: Mapping[str, Any]) -> Problem:
+    train_x, train_y, test_x, test_y = load_cifar10(data_dir)
+    return Problem(
+        CifarResNet(depth=int(options["depth"])),
+        ArrayData(torch.tensor(train_x), torch.tensor(train_y), _cifar_pixels),
+        ArrayData(torch.tensor(test_x), torch.tensor(test_y), _cifar_pixels),
+        _cross_entropy,
+        "accuracy",
+        augment=_crop_and_flip if options["augment"] else None,
+        eval_batch_size=500,
+    )
+
+
+# --------------------------------------------------------------------------
+# The catalogue
+# --------------------------------------------------------------------------
+
+_TASKS: tuple[Task, ...] = (
+    Task(
+        "digits-mlp",
+        "MLP 64-64-10 on scikit-learn's 8x8 digits (1347 train / 450 test)",
+        epochs=20,
+        batch_size=32,
+        metric="accuracy",
+        target=0.95,
+        builder=_build_digits_mlp,
+        options={"hidden": (64,)},
+    ),
+    Task(
+        "digits-cnn",
+        "2-conv CNN on scikit-learn's 8x8 digits (1347 train / 450 test)",
+        epochs=20,
+        batch_size=32,
+        metric="accuracy",
+        target=0.95,
+        builder=_build_digits_cnn,
+        options={"channels": (16, 32)},
+    ),
+    Task(
+        "diabetes-linreg",
+        "d2l harness: linear regression on standardised diabetes data, loss every 200 examples",
+        epochs=20,
+        batch_size=10,
+        metric="loss",
+        target=0.25,
+        builder=_build_diabetes,
+        eval_every=200,
+    ),
+    Task(
+        "cancer-logreg",
+        "L2-regularised logistic regression on breast-cancer data; gap to the optimum",
+        epochs=100,
+        batch_size=32,
+        metric="gap",
+        target=1e-3,
+        builder=_build_cancer,
+        options={"l2": 1e-2},
+    ),
+    Task(
+        "quadratic-deep",
+        "DeepOBS noisy quadratic: 100-D, deep-learning-like Hessian spectrum",
+        epochs=100,
+        batch_size=128,
+        metric="loss",
+        target=90.0,
+        builder=_build_quadratic,
+    ),
+    Task(
+        "mnist-cnn",
+        "classic 2-conv/2-fc Net on MNIST (IDX files from data_dir)",
+        epochs=10,
+        batch_size=64,
+        metric="accuracy",
+        target=0.98,
+        builder=_build_mnist,
+        needs_data_dir=True,
+        threads=None,
+    ),
+    Task(
+        "cifar10-resnet",
+        "ResNet-8 on CIFAR-10 with crop+flip (python batches from data_dir)",
+        epochs=20,
+        batch_size=128,
+        metric="accuracy",
+        target=0.8,
+        builder=_build_cifar,
+        needs_data_dir=True,
+        options={"depth": 8, "augment": True},
+        threads=None,
+    ),
+)
+
+_BY_NAME: dict[str, Task] = {task.name: task for task in _TASKS}
+
+
+def list_tasks() -> list[str]:
+    """Task names, built-in first, file-backed last."""
+    return [task.name for task in _TASKS]
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name``; ``ValueError`` listing the valid names."""
+    try:
+        return _BY_NAME[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown task {name!r}; valid names: {', '.join(list_tasks())}") from None
