@@ -475,6 +475,7 @@ def train(
     progress: bool | ProgressCallback | None = None,
     threads: int | None = None,
     device: torch.device | str | None = None,
+    run_class: type[TrainingRun] = TrainingRun,
 ) -> RunResult:
     """Train ``spec`` and return its result (see the module docstring for the guarantees).
 
@@ -486,6 +487,8 @@ def train(
         threads: torch threads for the run; ``None`` reads ``OPTLAB_NUM_THREADS``,
             else uses the task's ``threads`` (see :class:`~optlab.lab.tasks.Task`).
         device: where to train (default CPU).
+        run_class: the :class:`TrainingRun` (sub)class to build, e.g.
+            :class:`optlab.lab.distributed.DistributedTrainingRun` for DDP.
 
     Raises:
         ValueError: unknown task, optimizer, schedule or option; a bad
@@ -498,5 +501,5 @@ def train(
         threads = get_task(spec.task).threads
     with num_threads(threads), _deterministic(device), torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
-        run = TrainingRun(spec, device=device)
+        run = run_class(spec, device=device)
         return run.run(progress)
