@@ -34,6 +34,8 @@ examples:
       --tuner optuna --trials 12 --epochs 20
   optlab compare --optimizers adam,adabelief --lr 3e-3 --set betas=(0.9,0.99) \\
       --schedule cosine --out results/betas
+  optlab compare --task cancer-logreg --optimizers adam,adabelief --nproc 2
+  torchrun --nproc-per-node 2 -m optlab.cli compare --task cancer-logreg --optimizers adam
 
 Results go to --out (default results/<task>-<hash of the arguments>); running
 the same command again resumes, skipping finished runs."""
@@ -305,25 +307,63 @@ def compare_command(study: Any, out: Path | str) -> str:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    study = study_from_args(args)
+    session = _distributed_session(args)
+    if session is not None and not session.is_driver:
+        session.serve()  # trains what rank 0 sends; rank 0 alone writes and prints
+        return 0
+    try:
+        return _run_compare(args, study, session)
+    finally:
+        if session is not None:
+            session.close()
+
+
+def _distributed_session(args: argparse.Namespace) -> Any:
+    """``--nproc N`` or torchrun: the process group each run trains on (``None``: one process)."""
+    from optlab.lab import distributed
+
+    if args.nproc is None and not distributed.launched_by_torchrun():
+        return None
+    if args.jobs not in (None, 1):
+        raise CommandLineError(
+            f"--jobs {args.jobs} cannot be combined with --nproc or torchrun: each run "
+            "already trains on every process; leave --jobs out"
+        )
+    try:
+        return distributed.start(args.nproc)
+    except ValueError as error:
+        raise CommandLineError(str(error)) from None
+
+
+def _run_compare(args: argparse.Namespace, study: Any, session: Any) -> int:
     from optlab.lab.data import DatasetFormatError, DatasetNotFoundError
     from optlab.lab.report import write_report
     from optlab.lab.store import StoreError
     from optlab.lab.study import run_study
 
-    study = study_from_args(args)
     out = Path(args.out) if args.out else default_out(study)
-    jobs = args.jobs if args.jobs is not None else default_jobs()
+    jobs = 1 if session is not None else args.jobs if args.jobs is not None else default_jobs()
     command = compare_command(study, out)
     print(
         f"optlab compare: {study.task}, {len(study.optimizers)} optimizers x "
         f"{len(study.seeds)} seeds"
         + (f", lr tuned by {study.tuner}" if study.tune else "")
-        + f", {jobs} worker{'s' if jobs > 1 else ''} -> {out}",
+        + f", {jobs} worker{'s' if jobs > 1 else ''}"
+        + (f", DDP over {session.world_size} processes" if session is not None else "")
+        + f" -> {out}",
         file=sys.stderr,
     )
     progress = _Progress(enabled=sys.stderr.isatty() and not args.quiet)
     try:
-        run_study(study, out, jobs=jobs, progress=progress, command=command)
+        run_study(
+            study,
+            out,
+            jobs=jobs,
+            progress=progress,
+            command=command,
+            trainer=session.train if session is not None else None,
+        )
     except StoreError as error:
         raise CommandLineError(str(error)) from None
     except (DatasetNotFoundError, DatasetFormatError) as error:
@@ -416,6 +456,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help=f"worker processes, one torch thread each (default {default_jobs()}); "
         "results do not depend on it",
+    )
+    execution.add_argument(
+        "--nproc",
+        type=_positive_int,
+        metavar="N",
+        help="train each run with DDP over N processes on this machine (gloo); results "
+        "equal one process's to float32 rounding. Under torchrun leave it out",
     )
     execution.add_argument("--out", metavar="DIR", help="results directory (resumable)")
     execution.add_argument(
