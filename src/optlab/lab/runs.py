@@ -19,7 +19,9 @@ __all__ = ["RunResult", "RunSpec"]
 
 
 def _frozen(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return MappingProxyType(dict(sorted((mapping or {}).items())))
+    # Lists become tuples so that a spec read back from JSON equals the original.
+    items = sorted((mapping or {}).items())
+    return MappingProxyType({k: tuple(v) if isinstance(v, list) else v for k, v in items})
 
 
 def _plain(value: Any) -> Any:
