@@ -328,3 +328,60 @@ def test_adam_and_adamw_match_torch_for_every_flag_combination(name, case, dtype
         {"eps": 1e-6, "betas": (0.95, 0.9)},
     ]
     run_side_by_side(ours, ref, groups, dtype)
+
+
+# ----- the step contract -------------------------------------------------------
+
+ALL_FLAGS_ON = [
+    pytest.param("SGD", {"momentum": 0.9, "nesterov": True}, id="SGD-nesterov"),
+    pytest.param("SGD", {"momentum": 0.9, "dampening": 0.5}, id="SGD-dampening"),
+    pytest.param("Adagrad", {"lr_decay": 0.1}, id="Adagrad"),
+    pytest.param("Adadelta", {}, id="Adadelta"),
+    pytest.param("RMSprop", {"momentum": 0.5, "centered": True}, id="RMSprop"),
+    pytest.param("Adam", {"amsgrad": True}, id="Adam"),
+    pytest.param("AdamW", {"amsgrad": True}, id="AdamW"),
+]
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+@pytest.mark.parametrize("maximize", [False, True])
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+@pytest.mark.parametrize(("name", "options"), ALL_FLAGS_ON)
+def test_step_never_writes_into_the_gradients(name, options, foreach, maximize, weight_decay):
+    # torch.optim.SGD's foreach Nesterov path does (without maximize/weight decay); optlab never.
+    params = build_params(torch.float64)
+    optimizer = getattr(optlab, name)(
+        params, foreach=foreach, maximize=maximize, weight_decay=weight_decay, **options
+    )
+    for step in range(3):
+        gen = torch.Generator().manual_seed(step)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+        saved = [p.grad.clone() for p in params]
+        optimizer.step()
+        for index, (p, grad) in enumerate(zip(params, saved, strict=True)):
+            assert torch.equal(p.grad, grad), f"step {step} changed the gradient of param {index}"
+
+
+@pytest.mark.parametrize(("name", "options"), ALL_FLAGS_ON)
+def test_step_calls_the_closure_with_grad_enabled_and_returns_its_loss(name, options):
+    runs = []
+    for module in (optlab, torch.optim):
+        params = [p for p in build_params(torch.float64) if not p.is_complex()]
+        runs.append((params, getattr(module, name)(params, foreach=False, **options)))
+    for step in range(5):
+        losses = []
+        for params, optimizer in runs:
+
+            def closure(params=params, optimizer=optimizer, step=step):
+                assert torch.is_grad_enabled()
+                optimizer.zero_grad()
+                loss = sum((p.abs() ** 2).sum() for p in params) * (1 + step)
+                loss.backward()
+                return loss
+
+            with torch.no_grad():  # step() turns grad on for the closure
+                losses.append(optimizer.step(closure))
+        assert torch.equal(losses[0], losses[1])
+    for a, b in zip(runs[0][0], runs[1][0], strict=True):
+        assert torch.equal(a, b)
