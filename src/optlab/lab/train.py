@@ -438,9 +438,11 @@ class _Reporter:
     def row(self, row: dict[str, float], done: bool) -> None:
         if self._bar is not None:
             self._bar.set_postfix(
-                epoch=f"{row['epoch']:.2f}",
-                loss=f"{row['train_loss']:.4g}",
-                **{self._run.task.metric: f"{row['metric']:.4g}"},
+                {
+                    "epoch": f"{row['epoch']:.2f}",
+                    "train_loss": f"{row['train_loss']:.4g}",
+                    f"test_{self._run.task.metric}": f"{row['metric']:.4g}",
+                },
                 refresh=False,
             )
         if self._callback is not None:
