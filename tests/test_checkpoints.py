@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import io
-from collections.abc import Callable
 
 import pytest
 import torch
@@ -137,45 +136,27 @@ def test_resumed_run_is_bitwise_equal_to_an_uninterrupted_one(name, route, save_
 
 # ----- torch.optim <-> optlab -------------------------------------------------
 
-Factory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
-
+#: (class name in both torch.optim and optlab, options that create all of its state)
 PAIRS = [
-    pytest.param(
-        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-3, foreach=False),
-        lambda p: optlab.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-3, foreach=False),
-        id="SGD",
-    ),
-    pytest.param(
-        lambda p: torch.optim.Adam(p, lr=0.01, amsgrad=True, foreach=False),
-        lambda p: optlab.Adam(p, lr=0.01, amsgrad=True, foreach=False),
-        id="Adam",
-    ),
-    pytest.param(
-        lambda p: torch.optim.AdamW(p, lr=0.01, foreach=False),
-        lambda p: optlab.AdamW(p, lr=0.01, foreach=False),
-        id="AdamW",
-    ),
-    pytest.param(
-        lambda p: torch.optim.Adagrad(p, lr=0.1, lr_decay=0.01, foreach=False),
-        lambda p: optlab.Adagrad(p, lr=0.1, lr_decay=0.01, foreach=False),
-        id="Adagrad",
-    ),
-    pytest.param(
-        lambda p: torch.optim.Adadelta(p, foreach=False),
-        lambda p: optlab.Adadelta(p, foreach=False),
-        id="Adadelta",
-    ),
-    pytest.param(
-        lambda p: torch.optim.RMSprop(p, momentum=0.5, centered=True, foreach=False),
-        lambda p: optlab.RMSprop(p, momentum=0.5, centered=True, foreach=False),
-        id="RMSprop",
-    ),
+    pytest.param("SGD", {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3}, id="SGD"),
+    pytest.param("Adam", {"lr": 0.01, "amsgrad": True}, id="Adam"),
+    pytest.param("AdamW", {"lr": 0.01}, id="AdamW"),
+    pytest.param("Adagrad", {"lr": 0.1, "lr_decay": 0.01}, id="Adagrad"),
+    pytest.param("Adadelta", {}, id="Adadelta"),
+    pytest.param("RMSprop", {"momentum": 0.5, "centered": True}, id="RMSprop"),
 ]
 
 
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
 @pytest.mark.parametrize("direction", ["torch->optlab", "optlab->torch"])
-@pytest.mark.parametrize(("make_torch", "make_optlab"), PAIRS)
-def test_checkpoints_move_between_torch_and_optlab(make_torch, make_optlab, direction):
+@pytest.mark.parametrize(("name", "options"), PAIRS)
+def test_checkpoints_move_between_torch_and_optlab(name, options, direction, foreach):
+    def make_torch(params: list[torch.Tensor]) -> torch.optim.Optimizer:
+        return getattr(torch.optim, name)(params, foreach=foreach, **options)
+
+    def make_optlab(params: list[torch.Tensor]) -> torch.optim.Optimizer:
+        return getattr(optlab, name)(params, foreach=foreach, **options)
+
     writer_factory, reader_factory = (
         (make_torch, make_optlab) if direction == "torch->optlab" else (make_optlab, make_torch)
     )
