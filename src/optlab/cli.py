@@ -15,7 +15,11 @@ from collections.abc import Sequence
 __all__ = ["CommandLineError", "OneLineParser", "main"]
 
 #: Modules that each register one or more sub-commands, in help order.
-COMMAND_MODULES: tuple[str, ...] = ("optlab.cli_list", "optlab.cli_lab")
+COMMAND_MODULES: tuple[str, ...] = (
+    "optlab.cli_list",
+    "optlab.cli_lab",
+    "optlab.cli_trajectories",
+)
 
 
 class CommandLineError(Exception):
