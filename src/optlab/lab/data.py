@@ -286,8 +286,10 @@ _CIFAR_HOW_TO_GET = (
     "there (tar xzf cifar-10-python.tar.gz)"
 )
 
-# The only globals a CIFAR batch needs: numpy's array reconstruction.
+# The only globals a CIFAR batch needs: numpy's array reconstruction, and
+# _codecs.encode, which Python 3 uses for bytes in protocol-2 pickles.
 _PICKLE_ALLOWED = {
+    ("_codecs", "encode"): ("_codecs", "encode"),
     ("numpy.core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"): ("numpy._core.multiarray", "scalar"),
