@@ -65,4 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m optlab.cli`: run the imported module, whose CommandLineError is
+    # the class the sub-command modules raise (this file's copy in __main__ is not).
+    from optlab.cli import main as _main
+
+    sys.exit(_main())

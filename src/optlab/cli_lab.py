@@ -339,12 +339,16 @@ def _distributed_session(args: argparse.Namespace) -> Any:
 def _run_compare(args: argparse.Namespace, study: Any, session: Any) -> int:
     from optlab.lab.data import DatasetFormatError, DatasetNotFoundError
     from optlab.lab.report import write_report
-    from optlab.lab.store import StoreError
+    from optlab.lab.store import Store, StoreError
     from optlab.lab.study import run_study
 
     out = Path(args.out) if args.out else default_out(study)
     jobs = 1 if session is not None else args.jobs if args.jobs is not None else default_jobs()
     command = compare_command(study, out)
+    try:
+        Store.open(out)  # a foreign or damaged directory fails here, before any banner
+    except StoreError as error:
+        raise CommandLineError(str(error)) from None
     print(
         f"optlab compare: {study.task}, {len(study.optimizers)} optimizers x "
         f"{len(study.seeds)} seeds"
