@@ -277,15 +277,30 @@ def plot_paths(
     figsize: tuple[float, float] = (9.0, 6.0),
     dpi: int = 100,
 ) -> Path:
-    """Write a PNG: the landscape, every path in its own colour, legend outside the axes."""
+    """Write a PNG: the landscape, every path in its own colour, legend outside the axes.
+
+    A 1-D function gets a second panel, the distance to the minimum against
+    the step (log scale), since paths drawn on one curve hide each other.
+    """
     figure = _figure(figsize, dpi)
-    axes = figure.add_subplot()
+    if function.dim == 1 and function.minima:
+        axes, distance_axes = figure.subplots(1, 2)
+    else:
+        axes, distance_axes = figure.add_subplot(), None
     _draw_landscape(axes, function)
     for index, trajectory in enumerate(trajectories):
         _draw_path(axes, function, trajectory, COLOURS[index % len(COLOURS)])
     _draw_start(axes, function)
     steps = max((t.steps for t in trajectories), default=0)
     axes.set_title(_title(function, steps), fontsize=11)
+    if distance_axes is not None:
+        for index, trajectory in enumerate(trajectories):
+            distances = np.maximum(trajectory.distances(function), 1e-300)
+            distance_axes.semilogy(distances, color=COLOURS[index % len(COLOURS)], linewidth=1.6)
+        distance_axes.set_xlabel("step")
+        distance_axes.set_ylabel("distance to the minimum")
+        distance_axes.set_title("distance to the minimum", fontsize=11)
+        distance_axes.grid(True, which="major", alpha=0.3)
     handles = _legend_handles(trajectories, function)
     handles.append(_tick_handle(steps))
     figure.legend(handles=handles, loc="outside right upper", fontsize=9, frameon=False)
