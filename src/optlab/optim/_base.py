@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import chain
 from typing import Any, ClassVar
@@ -33,6 +34,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import _foreach_supported_types as _torch_foreach_supported_types
+
+from . import _fused
 
 __all__ = [
     "OptlabOptimizer",
@@ -194,7 +197,7 @@ class OptlabOptimizer(Optimizer):
     #: fp16/bf16 parameters: state in float32 and the update computed in float32.
     fp32_for_low_precision: ClassVar[bool] = False
     #: Implementations this optimizer has, in the order ``foreach=None`` prefers.
-    implementations: ClassVar[tuple[str, ...]] = ("foreach", "loop")
+    implementations: ClassVar[tuple[str, ...]] = ("fused", "foreach", "loop")
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         defaults.setdefault("maximize", False)
@@ -202,6 +205,10 @@ class OptlabOptimizer(Optimizer):
         defaults.setdefault("fused", None)
         self._check_all(defaults, where="")
         super().__init__(params, defaults)
+        for group in self.param_groups:
+            if group["fused"]:
+                _fused.require_fused(type(self).__name__, group["params"])
+        self._warned_fused_fallback = False
 
     # ----- validation ------------------------------------------------------
 
@@ -285,8 +292,25 @@ class OptlabOptimizer(Optimizer):
 
     def _implementation(self, group: Mapping[str, Any], params: list[Tensor]) -> str:
         if group.get("fused"):
-            return "fused"
+            if _fused.plain_tensors(params):
+                return "fused"
+            if not getattr(self, "_warned_fused_fallback", False):
+                self._warned_fused_fallback = True
+                warnings.warn(
+                    f"optlab {type(self).__name__}(fused=True): the fused kernels take plain "
+                    "tensors, these parameters are tensor subclasses (e.g. DTensor); using the "
+                    "multi-tensor implementation instead",
+                    stacklevel=3,
+                )
+            return "foreach"
         foreach = group.get("foreach")
+        if (
+            foreach is None
+            and group.get("fused") is None
+            and "fused" in self.implementations
+            and _fused.prefer_fused(params)
+        ):
+            return "fused"  # measured: see optlab.optim._fused
         if foreach is None:
             foreach = all(type(p) in _FOREACH_TYPES for p in params)
         return "foreach" if foreach else "loop"
@@ -309,13 +333,19 @@ class OptlabOptimizer(Optimizer):
             for i in low_precision:
                 params[i] = params[i].float()
                 grads[i] = grads[i].float()
-            self._update_group(
-                group,
-                [as_real(p) for p in params],
-                [as_real(g) for g in grads],
-                states,
-                self._implementation(group, params),
-            )
+            real_params = [as_real(p) for p in params]
+            real_grads = [as_real(g) for g in grads]
+            implementation = self._implementation(group, params)
+            try:
+                self._update_group(group, real_params, real_grads, states, implementation)
+            except _fused.FusedCompileError as error:  # raised before any tensor changed
+                if group.get("fused"):
+                    if self.counts_steps:
+                        torch._foreach_sub_([state["step"] for state in states], 1.0)
+                    raise
+                _fused.note_default_failure(params[0].device.type, error)
+                implementation = self._implementation(group, params)
+                self._update_group(group, real_params, real_grads, states, implementation)
             for i, original in zip(low_precision, originals, strict=True):
                 original.copy_(params[i])
         return loss

@@ -88,6 +88,7 @@ from ._base import (
     loop_grad,
     scalar,
 )
+from ._fused import fused_update
 
 __all__ = ["AdaBelief", "adabelief"]
 
@@ -120,7 +121,11 @@ def adabelief(
     implementation: str = "foreach",
 ) -> None:
     """Apply one AdaBelief step in place. ``steps`` already count this step."""
-    kernel = {"loop": _single_tensor_adabelief, "foreach": _multi_tensor_adabelief}[implementation]
+    kernel = {
+        "loop": _single_tensor_adabelief,
+        "foreach": _multi_tensor_adabelief,
+        "fused": _fused_adabelief,
+    }[implementation]
     kernel(
         params,
         grads,
@@ -272,6 +277,73 @@ def _multi_tensor_adabelief(
             )
 
 
+def _adabelief_rule(
+    param, grad, exp_avg, exp_avg_var, max_exp_avg_var, scalars, *,
+    maximize, weight_decay, weight_decouple, amsgrad, rectify,
+) -> None:  # fmt: skip
+    """The rule for one tensor, elementwise: what the fused kernel is generated from.
+
+    ``step_size`` already holds ``lr`` and the bias or rectification factor;
+    ``adaptive`` (rectify only) is 1 where rho_t >= 5 and 0 for an SGD step
+    (and for no step, with ``step_size`` 0), so the kernel is the same at
+    every step.
+    """
+    beta1, beta2, eps, weight_decay_value, decay_factor, step_size, bc2_sqrt, adaptive = (
+        scalars.unbind()
+    )
+    if maximize:
+        grad = -grad
+    new_param = param
+    if weight_decay and weight_decouple:
+        new_param = param * decay_factor
+    elif weight_decay:
+        grad = grad + weight_decay_value * param
+    new_exp_avg = exp_avg * beta1 + (1 - beta1) * grad
+    grad_residual = grad - new_exp_avg
+    new_exp_avg_var = exp_avg_var * beta2 + (1 - beta2) * (grad_residual * grad_residual) + eps
+    if amsgrad:
+        new_max = torch.maximum(max_exp_avg_var, new_exp_avg_var)
+        max_exp_avg_var.copy_(new_max)
+    if rectify:
+        adaptive_update = new_exp_avg / (new_exp_avg_var.sqrt() + eps)
+        update = torch.where(adaptive > 0, adaptive_update, new_exp_avg)
+    else:
+        second_moment = new_max if amsgrad else new_exp_avg_var
+        update = new_exp_avg / (second_moment.sqrt() / bc2_sqrt + eps)
+    param.copy_(new_param - step_size * update)
+    exp_avg.copy_(new_exp_avg)
+    exp_avg_var.copy_(new_exp_avg_var)
+
+
+def _fused_adabelief(
+    params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars, steps, *,
+    lr, beta1, beta2, eps, weight_decay, amsgrad, weight_decouple, fixed_decay, rectify,
+    degenerated_to_sgd, maximize,
+) -> None:  # fmt: skip
+    def scalars(step: float) -> tuple[float, ...]:
+        step_size, adaptive = lr / (1 - beta1**step), 0.0
+        if rectify:
+            kind, factor = rectified_step_size(
+                step, beta1=beta1, beta2=beta2, degenerated_to_sgd=degenerated_to_sgd
+            )
+            step_size, adaptive = factor * lr, float(kind == "adaptive")
+        decay = _decay_factor(lr, weight_decay, fixed_decay)
+        bc2_sqrt = math.sqrt(1 - beta2**step)
+        return (beta1, beta2, eps, weight_decay, decay, step_size, bc2_sqrt, adaptive)
+
+    fused_update(
+        _adabelief_rule,
+        [params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars if amsgrad else None],
+        scalars,
+        [step.item() for step in steps],
+        maximize=maximize,
+        weight_decay=weight_decay != 0,
+        weight_decouple=weight_decouple,
+        amsgrad=amsgrad,
+        rectify=rectify,
+    )
+
+
 class AdaBelief(OptlabOptimizer):
     """AdaBelief, a drop-in for ``adabelief_pytorch.AdaBelief`` 0.2.1 (same arguments and order).
 
@@ -294,7 +366,8 @@ class AdaBelief(OptlabOptimizer):
         print_change_log: accepted for compatibility and ignored (nothing is printed).
         maximize: maximize the objective instead of minimizing it.
         foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
-        fused: reserved for the fused implementation.
+        fused: ``True`` one generated kernel per tensor (:mod:`optlab.optim._fused`);
+            ``None`` lets large groups use it (see there).
     """
 
     state_keys = ("exp_avg", "exp_avg_var", "max_exp_avg_var")

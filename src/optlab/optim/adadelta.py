@@ -16,8 +16,8 @@ eps=1e-6, weight_decay=0) and so are the state keys (``step``,
 ``square_avg``, ``acc_delta``), so checkpoints move both ways.
 
 Departures from torch.optim: no ``capturable`` / ``differentiable``; a
-``fused=`` argument is accepted for the fused path to come; sparse gradients
-are rejected with a clear error (as torch does).
+``fused=True`` runs optlab's generated kernel (torch.optim.Adadelta has no
+fused path); sparse gradients are rejected with a clear error (as torch does).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from ._base import (
     loop_grad,
     scalar,
 )
+from ._fused import fused_update
 
 __all__ = ["Adadelta", "adadelta"]
 
@@ -56,7 +57,11 @@ def adadelta(
     implementation: str = "foreach",
 ) -> None:
     """Apply one Adadelta step in place. ``steps`` already count this step (unused by the rule)."""
-    kernel = {"loop": _single_tensor_adadelta, "foreach": _multi_tensor_adadelta}[implementation]
+    kernel = {
+        "loop": _single_tensor_adadelta,
+        "foreach": _multi_tensor_adadelta,
+        "fused": _fused_adadelta,
+    }[implementation]
     kernel(
         params,
         grads,
@@ -106,6 +111,33 @@ def _multi_tensor_adadelta(
         torch._foreach_add_(run_params, deltas, alpha=-lr)
 
 
+def _adadelta_rule(param, grad, square_avg, acc_delta, scalars, *, maximize, weight_decay) -> None:
+    """The rule for one tensor, elementwise: what the fused kernel is generated from."""
+    lr, rho, eps, weight_decay_value = scalars.unbind()
+    if maximize:
+        grad = -grad
+    if weight_decay:
+        grad = grad + weight_decay_value * param
+    new_square_avg = square_avg * rho + (1 - rho) * (grad * grad)
+    delta = (acc_delta + eps).sqrt() / (new_square_avg + eps).sqrt() * grad
+    acc_delta.copy_(acc_delta * rho + (1 - rho) * (delta * delta))
+    square_avg.copy_(new_square_avg)
+    param.copy_(param - lr * delta)
+
+
+def _fused_adadelta(
+    params, grads, square_avgs, acc_deltas, steps, *, lr, rho, eps, weight_decay, maximize,
+) -> None:  # fmt: skip
+    fused_update(
+        _adadelta_rule,
+        [params, grads, square_avgs, acc_deltas],
+        lambda _: (lr, rho, eps, weight_decay),
+        None,
+        maximize=maximize,
+        weight_decay=weight_decay != 0,
+    )
+
+
 class Adadelta(OptlabOptimizer):
     """Adadelta, a drop-in for ``torch.optim.Adadelta``.
 
@@ -117,7 +149,8 @@ class Adadelta(OptlabOptimizer):
         weight_decay: L2 penalty added to the gradient (default 0).
         foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
         maximize: maximize the objective instead of minimizing it.
-        fused: reserved for the fused implementation.
+        fused: ``True`` one generated kernel per tensor (:mod:`optlab.optim._fused`);
+            ``None`` lets large groups use it (see there).
     """
 
     state_keys = ("square_avg", "acc_delta")

@@ -40,6 +40,7 @@ from ._base import (
     loop_grad,
     scalar,
 )
+from ._fused import fused_update
 
 __all__ = ["Adagrad", "adagrad"]
 
@@ -62,7 +63,11 @@ def adagrad(
     A tensor ``lr`` enters the decayed rate as a tensor, as in torch.optim, so
     ``clr`` is rounded to ``lr``'s dtype exactly as there.
     """
-    kernel = {"loop": _single_tensor_adagrad, "foreach": _multi_tensor_adagrad}[implementation]
+    kernel = {
+        "loop": _single_tensor_adagrad,
+        "foreach": _multi_tensor_adagrad,
+        "fused": _fused_adagrad,
+    }[implementation]
     kernel(
         params,
         grads,
@@ -115,6 +120,31 @@ def _multi_tensor_adagrad(
         torch._foreach_addcdiv_(run_params, numerators, stds)
 
 
+def _adagrad_rule(param, grad, state_sum, scalars, *, maximize, weight_decay) -> None:
+    """The rule for one tensor, elementwise: what the fused kernel is generated from."""
+    weight_decay_value, eps, decayed_lr = scalars.unbind()
+    if maximize:
+        grad = -grad
+    if weight_decay:
+        grad = grad + weight_decay_value * param
+    new_sum = state_sum + grad * grad
+    param.copy_(param - decayed_lr * (grad / (new_sum.sqrt() + eps)))
+    state_sum.copy_(new_sum)
+
+
+def _fused_adagrad(
+    params, grads, state_sums, steps, *, lr, lr_decay, weight_decay, eps, maximize,
+) -> None:  # fmt: skip
+    fused_update(
+        _adagrad_rule,
+        [params, grads, state_sums],
+        lambda step: (weight_decay, eps, _decayed_lr(lr, step, lr_decay)),
+        [step.item() for step in steps],
+        maximize=maximize,
+        weight_decay=weight_decay != 0,
+    )
+
+
 class Adagrad(OptlabOptimizer):
     """Adagrad, a drop-in for ``torch.optim.Adagrad``.
 
@@ -128,7 +158,8 @@ class Adagrad(OptlabOptimizer):
         eps: added to the denominator outside the square root (default 1e-10).
         foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
         maximize: maximize the objective instead of minimizing it.
-        fused: reserved for the fused implementation.
+        fused: ``True`` one generated kernel per tensor (:mod:`optlab.optim._fused`);
+            ``None`` lets large groups use it (see there).
     """
 
     state_keys = ("sum",)

@@ -41,6 +41,7 @@ from ._base import (
     loop_grad,
     scalar,
 )
+from ._fused import fused_update
 
 __all__ = ["Adam", "AdamW", "adam"]
 
@@ -64,7 +65,9 @@ def adam(
     implementation: str = "foreach",
 ) -> None:
     """Apply one Adam step in place. ``steps`` already count this step."""
-    kernel = {"loop": _single_tensor_adam, "foreach": _multi_tensor_adam}[implementation]
+    kernel = {"loop": _single_tensor_adam, "foreach": _multi_tensor_adam, "fused": _fused_adam}[
+        implementation
+    ]
     kernel(
         params,
         grads,
@@ -142,6 +145,56 @@ def _multi_tensor_adam(
         torch._foreach_addcdiv_(run_params, run_exp_avgs, denoms, step_sizes)
 
 
+def _adam_rule(
+    param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars, *,
+    amsgrad, maximize, decoupled_weight_decay, weight_decay,
+) -> None:  # fmt: skip
+    """The rule for one tensor, elementwise: what the fused kernel is generated from."""
+    beta1, beta2, eps, weight_decay_value, decay_factor, step_size, bias_correction2_sqrt = (
+        scalars.unbind()
+    )
+    if maximize:
+        grad = -grad
+    new_param = param
+    if weight_decay and decoupled_weight_decay:
+        new_param = param * decay_factor
+    elif weight_decay:
+        grad = grad + weight_decay_value * param
+    new_exp_avg = exp_avg + (1 - beta1) * (grad - exp_avg)
+    new_exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * (grad * grad)
+    if amsgrad:
+        new_max = torch.maximum(max_exp_avg_sq, new_exp_avg_sq)
+        max_exp_avg_sq.copy_(new_max)
+        denom = new_max.sqrt() / bias_correction2_sqrt + eps
+    else:
+        denom = new_exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
+    param.copy_(new_param - step_size * (new_exp_avg / denom))
+    exp_avg.copy_(new_exp_avg)
+    exp_avg_sq.copy_(new_exp_avg_sq)
+
+
+def _fused_adam(
+    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *,
+    lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay,
+) -> None:  # fmt: skip
+    def scalars(step: float) -> tuple[float, ...]:
+        return (
+            beta1, beta2, eps, weight_decay, 1 - lr * weight_decay,
+            lr / (1 - beta1**step), (1 - beta2**step) ** 0.5,
+        )  # fmt: skip
+
+    fused_update(
+        _adam_rule,
+        [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else None],
+        scalars,
+        [step.item() for step in steps],
+        amsgrad=amsgrad,
+        maximize=maximize,
+        decoupled_weight_decay=decoupled_weight_decay,
+        weight_decay=weight_decay != 0,
+    )
+
+
 class Adam(OptlabOptimizer):
     """Adam (and AMSGrad with ``amsgrad=True``), a drop-in for ``torch.optim.Adam``.
 
@@ -155,7 +208,8 @@ class Adam(OptlabOptimizer):
         amsgrad: use the running maximum of the second moment (default False).
         maximize: maximize the objective instead of minimizing it.
         foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
-        fused: reserved for the fused implementation.
+        fused: ``True`` one generated kernel per tensor (:mod:`optlab.optim._fused`);
+            ``None`` lets large groups use it (see there).
         decoupled_weight_decay: AdamW's decoupled decay (default False).
     """
 

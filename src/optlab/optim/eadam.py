@@ -49,6 +49,7 @@ from ._base import (
     loop_grad,
     scalar,
 )
+from ._fused import fused_update
 
 __all__ = ["EAdam", "eadam"]
 
@@ -71,7 +72,11 @@ def eadam(
     implementation: str = "foreach",
 ) -> None:
     """Apply one EAdam step in place. ``steps`` already count this step."""
-    kernel = {"loop": _single_tensor_eadam, "foreach": _multi_tensor_eadam}[implementation]
+    kernel = {
+        "loop": _single_tensor_eadam,
+        "foreach": _multi_tensor_eadam,
+        "fused": _fused_eadam,
+    }[implementation]
     kernel(
         params,
         grads,
@@ -139,6 +144,47 @@ def _multi_tensor_eadam(
         torch._foreach_addcdiv_(run_params, run_exp_avgs, denoms, step_sizes)
 
 
+def _eadam_rule(
+    param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars, *, maximize, weight_decay, amsgrad
+) -> None:
+    """The rule for one tensor, elementwise: what the fused kernel is generated from."""
+    beta1, beta2, eps, weight_decay_value, step_size = scalars.unbind()
+    if maximize:
+        grad = -grad
+    if weight_decay:
+        grad = grad + weight_decay_value * param
+    new_exp_avg = exp_avg * beta1 + (1 - beta1) * grad
+    new_exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * (grad * grad) + eps
+    if amsgrad:
+        new_max = torch.maximum(max_exp_avg_sq, new_exp_avg_sq)
+        max_exp_avg_sq.copy_(new_max)
+        denom = new_max.sqrt()
+    else:
+        denom = new_exp_avg_sq.sqrt()
+    param.copy_(param - step_size * (new_exp_avg / denom))
+    exp_avg.copy_(new_exp_avg)
+    exp_avg_sq.copy_(new_exp_avg_sq)
+
+
+def _fused_eadam(
+    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *,
+    lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+) -> None:  # fmt: skip
+    def scalars(step: float) -> tuple[float, ...]:
+        step_size = _step_size(step, lr=lr, beta1=beta1, beta2=beta2)
+        return (beta1, beta2, eps, weight_decay, step_size)
+
+    fused_update(
+        _eadam_rule,
+        [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else None],
+        scalars,
+        [step.item() for step in steps],
+        maximize=maximize,
+        weight_decay=weight_decay != 0,
+        amsgrad=amsgrad,
+    )
+
+
 class EAdam(OptlabOptimizer):
     """EAdam: Adam with ``eps`` added to the second moment every step, inside the root.
 
@@ -151,7 +197,8 @@ class EAdam(OptlabOptimizer):
         amsgrad: divide by the running maximum of ``exp_avg_sq`` (default False).
         maximize: maximize the objective instead of minimizing it.
         foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
-        fused: reserved for the fused implementation.
+        fused: ``True`` one generated kernel per tensor (:mod:`optlab.optim._fused`);
+            ``None`` lets large groups use it (see there).
     """
 
     state_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")

@@ -27,8 +27,8 @@ momentum > 0), so checkpoints move both ways.
 Departures from torch.optim: ``alpha`` must lie in [0, 1] (torch accepts any
 alpha >= 0, and alpha > 1 drives ``v`` negative); the arguments after
 ``centered`` are keyword-only (torch's positional ``capturable`` sits where
-``foreach`` would be); no ``capturable`` / ``differentiable``; a ``fused=``
-argument is accepted for the fused path to come. Switching ``momentum`` or
+``foreach`` would be); no ``capturable`` / ``differentiable``;
+``fused=True`` runs optlab's generated kernel. Switching ``momentum`` or
 ``centered`` on after a checkpoint written without them starts the missing
 buffers at zero (torch raises ``KeyError``).
 """
@@ -51,6 +51,7 @@ from ._base import (
     loop_grad,
     scalar,
 )
+from ._fused import fused_update
 
 __all__ = ["RMSprop", "rmsprop"]
 
@@ -77,7 +78,11 @@ def rmsprop(
     ``grad_avgs`` is used only when ``centered``, ``momentum_buffers`` only
     when ``momentum > 0``; pass ``None`` otherwise.
     """
-    kernel = {"loop": _single_tensor_rmsprop, "foreach": _multi_tensor_rmsprop}[implementation]
+    kernel = {
+        "loop": _single_tensor_rmsprop,
+        "foreach": _multi_tensor_rmsprop,
+        "fused": _fused_rmsprop,
+    }[implementation]
     kernel(
         params,
         grads,
@@ -150,6 +155,54 @@ def _multi_tensor_rmsprop(
             torch._foreach_addcdiv_(run_params, run_grads, avgs, value=-lr)
 
 
+def _rmsprop_rule(
+    param, grad, square_avg, grad_avg, momentum_buffer, scalars, *,
+    maximize, weight_decay, centered, momentum,
+) -> None:  # fmt: skip
+    """The rule for one tensor, elementwise: what the fused kernel is generated from."""
+    lr, alpha, eps, weight_decay_value, momentum_value = scalars.unbind()
+    if maximize:
+        grad = -grad
+    if weight_decay:
+        grad = grad + weight_decay_value * param
+    new_square_avg = square_avg * alpha + (1 - alpha) * (grad * grad)
+    square_avg.copy_(new_square_avg)
+    if centered:
+        new_grad_avg = grad_avg + (1 - alpha) * (grad - grad_avg)
+        grad_avg.copy_(new_grad_avg)
+        avg = (new_square_avg - new_grad_avg * new_grad_avg).sqrt() + eps
+    else:
+        avg = new_square_avg.sqrt() + eps
+    if momentum:
+        buf = momentum_buffer * momentum_value + grad / avg
+        momentum_buffer.copy_(buf)
+        param.copy_(param - lr * buf)
+    else:
+        param.copy_(param - lr * (grad / avg))
+
+
+def _fused_rmsprop(
+    params, grads, square_avgs, grad_avgs, momentum_buffers, steps, *,
+    lr, alpha, eps, weight_decay, momentum, centered, maximize,
+) -> None:  # fmt: skip
+    fused_update(
+        _rmsprop_rule,
+        [
+            params,
+            grads,
+            square_avgs,
+            grad_avgs if centered else None,
+            momentum_buffers if momentum > 0 else None,
+        ],
+        lambda _: (lr, alpha, eps, weight_decay, momentum),
+        None,
+        maximize=maximize,
+        weight_decay=weight_decay != 0,
+        centered=centered,
+        momentum=momentum > 0,
+    )
+
+
 class RMSprop(OptlabOptimizer):
     """RMSprop, a drop-in for ``torch.optim.RMSprop``.
 
@@ -165,7 +218,8 @@ class RMSprop(OptlabOptimizer):
             its second moment (default False).
         foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
         maximize: maximize the objective instead of minimizing it.
-        fused: reserved for the fused implementation.
+        fused: ``True`` one generated kernel per tensor (:mod:`optlab.optim._fused`);
+            ``None`` lets large groups use it (see there).
     """
 
     state_keys = ("square_avg", "momentum_buffer", "grad_avg")

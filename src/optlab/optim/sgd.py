@@ -49,6 +49,7 @@ from ._base import (
     loop_grad,
     scalar,
 )
+from ._fused import fused_update
 
 __all__ = ["SGD", "sgd"]
 
@@ -72,7 +73,11 @@ def sgd(
     parameter's first step: its buffer is created (a copy of the gradient) and
     stored into the list, for the caller to keep.
     """
-    kernel = {"loop": _single_tensor_sgd, "foreach": _multi_tensor_sgd}[implementation]
+    kernel = {
+        "loop": _single_tensor_sgd,
+        "foreach": _multi_tensor_sgd,
+        "fused": _fused_sgd,
+    }[implementation]
     kernel(
         params,
         grads,
@@ -130,6 +135,45 @@ def _multi_tensor_sgd(
         torch._foreach_add_(run_params, run_grads, alpha=-lr)
 
 
+def _sgd_rule(
+    param, grad, momentum_buffer, scalars, *, maximize, weight_decay, momentum, nesterov
+) -> None:
+    """The rule for one tensor, elementwise: what the fused kernel is generated from."""
+    lr, weight_decay_value, momentum_value, dampening, first_step = scalars.unbind()
+    if maximize:
+        grad = -grad
+    if weight_decay:
+        grad = grad + weight_decay_value * param
+    if momentum:
+        buf = torch.where(
+            first_step > 0, grad, momentum_buffer * momentum_value + (1 - dampening) * grad
+        )
+        momentum_buffer.copy_(buf)
+        grad = grad + momentum_value * buf if nesterov else buf
+    param.copy_(param - lr * grad)
+
+
+def _fused_sgd(
+    params, grads, momentum_buffers, *,
+    lr, momentum, dampening, weight_decay, nesterov, maximize,
+) -> None:  # fmt: skip
+    first_steps = [buf is None for buf in momentum_buffers]
+    if momentum != 0:
+        for i, first in enumerate(first_steps):
+            if first:  # the kernel writes the gradient into it
+                momentum_buffers[i] = torch.zeros_like(grads[i])
+    fused_update(
+        _sgd_rule,
+        [params, grads, momentum_buffers if momentum != 0 else None],
+        lambda first: (lr, weight_decay, momentum, dampening, float(first)),
+        first_steps,
+        maximize=maximize,
+        weight_decay=weight_decay != 0,
+        momentum=momentum != 0,
+        nesterov=nesterov,
+    )
+
+
 class SGD(OptlabOptimizer):
     """Stochastic gradient descent with optional momentum, a drop-in for ``torch.optim.SGD``.
 
@@ -143,7 +187,8 @@ class SGD(OptlabOptimizer):
         nesterov: Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0``.
         maximize: maximize the objective instead of minimizing it.
         foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
-        fused: reserved for the fused implementation.
+        fused: ``True`` one generated kernel per tensor (:mod:`optlab.optim._fused`);
+            ``None`` lets large groups use it (see there).
     """
 
     state_keys = ("momentum_buffer",)

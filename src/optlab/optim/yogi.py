@@ -49,6 +49,7 @@ from ._base import (
     loop_grad,
     scalar,
 )
+from ._fused import fused_update
 
 __all__ = ["Yogi", "yogi"]
 
@@ -69,7 +70,11 @@ def yogi(
     implementation: str = "foreach",
 ) -> None:
     """Apply one Yogi step in place. ``steps`` already count this step."""
-    kernel = {"loop": _single_tensor_yogi, "foreach": _multi_tensor_yogi}[implementation]
+    kernel = {
+        "loop": _single_tensor_yogi,
+        "foreach": _multi_tensor_yogi,
+        "fused": _fused_yogi,
+    }[implementation]
     kernel(
         params,
         grads,
@@ -126,6 +131,41 @@ def _multi_tensor_yogi(
         torch._foreach_addcdiv_(run_params, run_exp_avgs, denoms, step_sizes)
 
 
+def _yogi_rule(param, grad, exp_avg, exp_avg_sq, scalars, *, maximize, weight_decay) -> None:
+    """The rule for one tensor, elementwise: what the fused kernel is generated from."""
+    beta1, beta2, eps, weight_decay_value, step_size, bias_correction2_sqrt = scalars.unbind()
+    if maximize:
+        grad = -grad
+    if weight_decay:
+        grad = grad + weight_decay_value * param
+    new_exp_avg = exp_avg * beta1 + (1 - beta1) * grad
+    grad_sq = grad * grad
+    new_exp_avg_sq = exp_avg_sq - (1 - beta2) * (torch.sign(exp_avg_sq - grad_sq) * grad_sq)
+    denom = new_exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
+    param.copy_(param - step_size * (new_exp_avg / denom))
+    exp_avg.copy_(new_exp_avg)
+    exp_avg_sq.copy_(new_exp_avg_sq)
+
+
+def _fused_yogi(
+    params, grads, exp_avgs, exp_avg_sqs, steps, *,
+    lr, beta1, beta2, eps, weight_decay, maximize,
+) -> None:  # fmt: skip
+    def scalars(step: float) -> tuple[float, ...]:
+        return (
+            beta1, beta2, eps, weight_decay, lr / (1 - beta1**step), math.sqrt(1 - beta2**step),
+        )  # fmt: skip
+
+    fused_update(
+        _yogi_rule,
+        [params, grads, exp_avgs, exp_avg_sqs],
+        scalars,
+        [step.item() for step in steps],
+        maximize=maximize,
+        weight_decay=weight_decay != 0,
+    )
+
+
 class Yogi(OptlabOptimizer):
     """Yogi: Adam whose second moment moves additively, by the sign of ``v - g*g``.
 
@@ -138,7 +178,8 @@ class Yogi(OptlabOptimizer):
         weight_decay: L2 penalty added to the gradient (default 0).
         maximize: maximize the objective instead of minimizing it.
         foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
-        fused: reserved for the fused implementation.
+        fused: ``True`` one generated kernel per tensor (:mod:`optlab.optim._fused`);
+            ``None`` lets large groups use it (see there).
     """
 
     state_keys = ("exp_avg", "exp_avg_sq")

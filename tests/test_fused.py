@@ -1,0 +1,294 @@
+"""The fused path (optlab.optim._fused): same numbers as the loop, no recompiles, clear errors.
+
+Compiling a kernel costs seconds, so the flag combinations are a covering
+set (every static flag of every optimizer takes each of its values at least
+once) rather than the full product, and the tests share kernels: a
+signature compiled by one test is reused by the next in the same process.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+
+import pytest
+import torch
+
+from optlab.optim import _fused
+from optlab.optim.registry import optimizer_class
+
+# (registry name, hyper-parameters): every static flag of every rule both ways.
+COMBOS = [
+    ("sgd", {}),
+    ("sgd", {"momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01, "maximize": True}),
+    ("sgd", {"momentum": 0.9, "nesterov": True}),
+    ("adagrad", {}),
+    ("adagrad", {"lr_decay": 0.01, "weight_decay": 0.01, "maximize": True}),
+    ("adadelta", {}),
+    ("adadelta", {"weight_decay": 0.01, "maximize": True}),
+    ("rmsprop", {}),
+    ("rmsprop", {"centered": True, "momentum": 0.9, "weight_decay": 0.01, "maximize": True}),
+    ("rmsprop", {"momentum": 0.5}),
+    ("adam", {}),
+    ("adam", {"amsgrad": True, "weight_decay": 0.01, "maximize": True}),
+    ("adamw", {"amsgrad": True}),
+    ("adamw", {"maximize": True}),
+    ("yogi", {}),
+    ("yogi", {"weight_decay": 0.01, "maximize": True}),
+    ("eadam", {}),
+    ("eadam", {"amsgrad": True, "weight_decay": 0.01, "maximize": True}),
+    ("adabelief", {}),
+    ("adabelief", {"weight_decay": 0.1, "fixed_decay": True, "amsgrad": True, "maximize": True}),
+    ("adabelief", {"weight_decouple": False, "rectify": False, "weight_decay": 0.01}),
+    ("adabelief", {"rectify": False, "amsgrad": True, "eps": 1e-8}),
+    ("adabelief", {"degenerated_to_sgd": False, "weight_decay": 0.01, "weight_decouple": False}),
+]
+
+LEARNING_RATES = {"sgd": 0.05, "adagrad": 0.05, "adadelta": 1.0, "rmsprop": 0.01, "yogi": 0.01}
+SHAPES = [(7, 5), (33,), (1,), (2, 3, 4, 4)]
+
+
+def _ids(combo):
+    name, hparams = combo
+    return name + "".join(f"-{k}={v}" for k, v in hparams.items())
+
+
+def _params(seed: int, dtype=torch.float32) -> list[torch.nn.Parameter]:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        torch.nn.Parameter(torch.randn(shape, generator=generator, dtype=dtype)) for shape in SHAPES
+    ]
+
+
+def _set_grads(params_sets, step: int) -> None:
+    """The same gradients for every copy; the last parameter has none on every third step."""
+    generator = torch.Generator().manual_seed(10_000 + step)
+    for index, shape in enumerate(SHAPES):
+        grad = torch.randn(shape, generator=generator, dtype=params_sets[0][index].dtype)
+        for params in params_sets:
+            params[index].grad = None if index == 3 and step % 3 == 0 else grad.clone()
+
+
+def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    scale = expected.abs().max().clamp_min(1e-12)
+    return ((actual - expected).abs().max() / scale).item()
+
+
+def _assert_close_states(fused_opt, loop_opt, fused_params, loop_params, tol=1e-5) -> None:
+    for fused_p, loop_p in zip(fused_params, loop_params, strict=True):
+        assert _relative_error(fused_p.detach(), loop_p.detach()) <= tol
+        fused_state, loop_state = fused_opt.state[fused_p], loop_opt.state[loop_p]
+        assert set(fused_state) == set(loop_state)
+        for key, value in loop_state.items():
+            assert fused_state[key].shape == value.shape, key
+            assert _relative_error(fused_state[key], value) <= tol, key
+
+
+def _make(name, params, hparams, **flags):
+    kwargs = {"lr": LEARNING_RATES.get(name, 0.01), **hparams, **flags}
+    return optimizer_class(name)(params, **kwargs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("combo", COMBOS, ids=_ids)
+def test_fused_matches_loop_over_100_steps_with_lr_changes_and_missing_grads(combo):
+    name, hparams = combo
+    fused_params, loop_params = _params(0), _params(0)
+    fused_opt = _make(name, fused_params, hparams, fused=True)
+    loop_opt = _make(name, loop_params, hparams, foreach=False)
+    schedulers = [
+        torch.optim.lr_scheduler.StepLR(opt, step_size=30, gamma=0.5)
+        for opt in (fused_opt, loop_opt)
+    ]
+    compiles_after_first_step = None
+    for step in range(100):
+        _set_grads([fused_params, loop_params], step)
+        fused_opt.step()
+        loop_opt.step()
+        for scheduler in schedulers:
+            scheduler.step()
+        if step == 0:
+            compiles_after_first_step = _fused.compile_count()
+    _assert_close_states(fused_opt, loop_opt, fused_params, loop_params)
+    # A new lr every 30 steps, a parameter without grad every third step: no compile.
+    assert _fused.compile_count() == compiles_after_first_step
+
+
+def test_no_recompile_across_steps_lr_changes_and_missing_grads():
+    from torch._dynamo.utils import counters
+
+    params = _params(1)
+    optimizer = optimizer_class("adabelief")(params, lr=1e-2, fused=True)
+    _set_grads([params], 1)
+    optimizer.step()
+    graphs, compiles = counters["stats"]["unique_graphs"], _fused.compile_count()
+    for step in range(2, 12):
+        _set_grads([params], step)
+        params[0].grad = None
+        optimizer.param_groups[0]["lr"] = 1e-2 / step
+        optimizer.param_groups[0]["betas"] = (0.9 - 0.01 * step, 0.999)
+        optimizer.step()
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert _fused.compile_count() == compiles
+
+
+def test_fused_adam_matches_torch_fused_adam():
+    ours_params, torch_params = _params(2), _params(2)
+    ours = optimizer_class("adamw")(ours_params, lr=1e-2, weight_decay=0.1, fused=True)
+    reference = torch.optim.AdamW(torch_params, lr=1e-2, weight_decay=0.1, fused=True)
+    for step in range(100):
+        _set_grads([ours_params, torch_params], step)
+        ours.step()
+        reference.step()
+    _assert_close_states(ours, reference, ours_params, torch_params)
+
+
+def test_fused_adabelief_matches_the_reference_package():
+    adabelief_pytorch = pytest.importorskip("adabelief_pytorch")
+    ours_params, reference_params = _params(3), _params(3)
+    ours = optimizer_class("adabelief")(ours_params, lr=1e-2, fused=True)
+    reference = adabelief_pytorch.AdaBelief(reference_params, lr=1e-2, print_change_log=False)
+    for step in range(100):
+        _set_grads([ours_params, reference_params], step)
+        ours.step()
+        reference.step()
+    for ours_p, reference_p in zip(ours_params, reference_params, strict=True):
+        assert _relative_error(ours_p.detach(), reference_p.detach()) <= 1e-5
+
+
+@pytest.mark.parametrize(("saved_with", "loaded_with"), [("fused", "loop"), ("loop", "fused")])
+def test_checkpoint_moves_between_fused_and_loop_and_continues_identically(saved_with, loaded_with):
+    flags = {"fused": {"fused": True}, "loop": {"foreach": False}}
+    first_params = _params(4)
+    first = optimizer_class("adabelief")(first_params, lr=1e-2, **flags[saved_with])
+    for step in range(10):
+        _set_grads([first_params], step)
+        first.step()
+    buffer = io.BytesIO()  # as a checkpoint file: no tensor shared between the two
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    checkpoint = torch.load(buffer)
+    second_params = [torch.nn.Parameter(p.detach().clone()) for p in first_params]
+    second = optimizer_class("adabelief")(second_params, lr=1e-2, **flags[loaded_with])
+    second.load_state_dict(checkpoint)
+    for key, value in checkpoint["state"][0].items():  # torch's layout: per-parameter tensors
+        assert value.shape == (() if key == "step" else first_params[0].shape)
+    for step in range(10, 20):
+        _set_grads([first_params, second_params], step)
+        first.step()
+        second.step()
+    _assert_close_states(second, first, second_params, first_params)
+
+
+def test_fused_state_dict_loads_into_torch_adam():
+    params = _params(5)
+    ours = optimizer_class("adam")(params, lr=1e-2, fused=True)
+    for step in range(5):
+        _set_grads([params], step)
+        ours.step()
+    torch_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    reference = torch.optim.Adam(torch_params, lr=1e-2)
+    reference.load_state_dict(copy.deepcopy(ours.state_dict()))
+    for step in range(5, 10):
+        _set_grads([params, torch_params], step)
+        ours.step()
+        reference.step()
+    _assert_close_states(ours, reference, params, torch_params)
+
+
+def test_non_contiguous_and_complex_parameters_take_the_same_steps():
+    def make():
+        generator = torch.Generator().manual_seed(6)
+        return [
+            torch.nn.Parameter(torch.randn(5, 7, generator=generator).t()),  # not contiguous
+            torch.nn.Parameter(torch.randn(4, 3, dtype=torch.complex64, generator=generator)),
+        ]
+
+    fused_params, loop_params = make(), make()
+    fused_opt = optimizer_class("adam")(fused_params, lr=1e-2, fused=True)
+    loop_opt = optimizer_class("adam")(loop_params, lr=1e-2, foreach=False)
+    for step in range(20):
+        generator = torch.Generator().manual_seed(step)
+        for fused_p, loop_p in zip(fused_params, loop_params, strict=True):
+            grad = torch.randn(loop_p.shape, dtype=loop_p.dtype, generator=generator)
+            fused_p.grad, loop_p.grad = grad.clone(), grad.clone()
+        fused_opt.step()
+        loop_opt.step()
+    for fused_p, loop_p in zip(fused_params, loop_params, strict=True):
+        assert _relative_error(fused_p.detach(), loop_p.detach()) <= 1e-5
+
+
+def test_low_precision_parameters_are_updated_through_float32_state():
+    fused_params, loop_params = _params(7, torch.bfloat16), _params(7, torch.bfloat16)
+    fused_opt = optimizer_class("adabelief")(fused_params, lr=1e-2, fused=True)
+    loop_opt = optimizer_class("adabelief")(loop_params, lr=1e-2, foreach=False)
+    for step in range(10):
+        _set_grads([fused_params, loop_params], step)
+        fused_opt.step()
+        loop_opt.step()
+    for fused_p, loop_p in zip(fused_params, loop_params, strict=True):
+        assert fused_opt.state[fused_p]["exp_avg"].dtype == torch.float32
+        # bf16 rounding of nearly equal float32 results: at most one ulp apart
+        assert _relative_error(fused_p.detach().float(), loop_p.detach().float()) <= 1e-2
+
+
+# ----- choosing, and failing clearly ----------------------------------------
+
+
+def test_default_picks_fused_only_for_groups_large_enough_to_repay_the_compile(monkeypatch):
+    small = [torch.nn.Parameter(torch.zeros(1000))]
+    large = [torch.nn.Parameter(torch.zeros(_fused.FUSED_DEFAULT_MIN_NUMEL))]
+    for params, expected in ((small, "foreach"), (large, "fused")):
+        optimizer = optimizer_class("adabelief")(params)
+        assert optimizer._implementation(optimizer.param_groups[0], params) == expected
+    explicit = optimizer_class("adabelief")(large, foreach=True)
+    assert explicit._implementation(explicit.param_groups[0], large) == "foreach"
+    monkeypatch.setenv("OPTLAB_DISABLE_FUSED", "1")
+    optimizer = optimizer_class("adabelief")(large)
+    assert optimizer._implementation(optimizer.param_groups[0], large) == "foreach"
+
+
+def test_fused_true_without_a_compiler_raises_a_clear_error(monkeypatch):
+    monkeypatch.setitem(_fused._reason_cache, "cpu", "no C++ compiler found (set $CXX)")
+    with pytest.raises(RuntimeError, match=r"fused=True\) cannot run on cpu: no C\+\+ compiler"):
+        optimizer_class("adam")([torch.nn.Parameter(torch.zeros(3))], fused=True)
+    monkeypatch.setenv("OPTLAB_DISABLE_FUSED", "1")
+    with pytest.raises(RuntimeError, match="disabled by OPTLAB_DISABLE_FUSED.*fused=False"):
+        optimizer_class("yogi")([torch.nn.Parameter(torch.zeros(3))], fused=True)
+
+
+def _failing_compile(self, num_scalars):
+    raise _fused.FusedCompileError("simulated: the C++ compiler crashed")
+
+
+def test_failed_compile_with_fused_true_raises_and_changes_nothing(monkeypatch):
+    monkeypatch.setattr(_fused, "_kernels", {})
+    monkeypatch.setattr(_fused._Kernel, "compile", _failing_compile)
+    params = _params(8)
+    before = [p.detach().clone() for p in params]
+    optimizer = optimizer_class("adam")(params, fused=True)
+    _set_grads([params], 1)
+    with pytest.raises(RuntimeError, match="simulated"):
+        optimizer.step()
+    for param, original in zip(params, before, strict=True):
+        assert torch.equal(param.detach(), original)
+    assert all(state["step"].item() == 0 for state in optimizer.state.values())
+
+
+def test_failed_compile_under_the_default_logs_and_falls_back(monkeypatch, caplog):
+    monkeypatch.setattr(_fused, "_kernels", {})
+    monkeypatch.setattr(_fused, "_failed_device_types", set())
+    monkeypatch.setattr(_fused._Kernel, "compile", _failing_compile)
+    monkeypatch.setattr(_fused, "FUSED_DEFAULT_MIN_NUMEL", 1)  # make the tiny group "large"
+    default_params, foreach_params = _params(9), _params(9)
+    default = optimizer_class("adam")(default_params, lr=1e-2)
+    foreach = optimizer_class("adam")(foreach_params, lr=1e-2, foreach=True)
+    with caplog.at_level(logging.WARNING, logger="optlab.optim._fused"):
+        for step in range(3):
+            _set_grads([default_params, foreach_params], step)
+            default.step()
+            foreach.step()
+    assert len([r for r in caplog.records if "compiling the fused" in r.getMessage()]) == 1
+    for ours, expected in zip(default_params, foreach_params, strict=True):
+        assert torch.equal(ours.detach(), expected.detach())
