@@ -7,8 +7,8 @@
   against its learning rate (log scale), the chosen point starred and
   diverged runs marked with an ``x`` on the axis edge.
 
-Every optimizer keeps its colour across plots (its position in the
-catalogue picks one of 20 distinct colours).
+Every optimizer keeps its colour and line style across plots
+(:func:`optimizer_style`); AdaBelief is drawn thick and black.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 from optlab.lab.runs import RunResult
 from optlab.lab.store import finite
 
-__all__ = ["curve_band", "optimizer_color", "plot_curves", "plot_lr_sensitivity"]
+__all__ = ["curve_band", "optimizer_color", "optimizer_style", "plot_curves", "plot_lr_sensitivity"]
 
 
 def _pyplot() -> Any:
@@ -35,17 +35,25 @@ def _pyplot() -> Any:
     return plt
 
 
-def optimizer_color(name: str) -> Any:
-    """A colour fixed per optimizer name (catalogue order, tab20 palette)."""
+def optimizer_style(name: str) -> dict[str, Any]:
+    """Line style fixed per optimizer: AdaBelief (optlab's centre) thick and black; the
+    others take tab10 colours in catalogue order, dashed from the eleventh on."""
     import matplotlib
 
     from optlab.optim.registry import list_optimizers
 
-    names = list_optimizers()
-    index = names.index(name) if name in names else abs(hash(name)) % 20
-    palette = matplotlib.colormaps["tab20"]
-    # Even entries first (the saturated colours), then the light ones.
-    return palette(((2 * index) % 20 + (2 * index) // 20) / 20)
+    if name == "adabelief":
+        return {"color": "black", "linestyle": "-", "linewidth": 2.4, "zorder": 5}
+    others = [n for n in list_optimizers() if n != "adabelief"]
+    index = others.index(name) if name in others else len(others) + sum(map(ord, name))
+    color = matplotlib.colormaps["tab10"](index % 10)
+    linestyle = "-" if index < 10 else "--"
+    return {"color": color, "linestyle": linestyle, "linewidth": 1.5, "zorder": 3}
+
+
+def optimizer_color(name: str) -> Any:
+    """The colour of :func:`optimizer_style`."""
+    return optimizer_style(name)["color"]
 
 
 def curve_band(runs: Sequence[RunResult], column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -110,8 +118,9 @@ def plot_curves(
                 bands.append((name, len(runs), epochs, mean, std))
         log = _log_ok([band[3] for band in bands], forced=log_scale)
         for name, count, epochs, mean, std in bands:
-            color = optimizer_color(name)
-            axis.plot(epochs, mean, color=color, label=name, linewidth=1.6)
+            style = optimizer_style(name)
+            color = style["color"]
+            axis.plot(epochs, mean, label=name, **style)
             if count > 1:
                 low, high = mean - std, mean + std
                 if log:  # a band reaching below zero is cut at the mean on a log axis
@@ -158,7 +167,8 @@ def plot_lr_sensitivity(
         )
         if not points:
             continue
-        color = optimizer_color(name)
+        style = optimizer_style(name)
+        color = style["color"]
         lrs, values = [], []
         for lr, run in points:
             value = run.final.get("metric", math.nan)
@@ -168,7 +178,7 @@ def plot_lr_sensitivity(
             else:
                 diverged.append((name, lr))
         finite_values.extend(values)
-        axis.plot(lrs, values, marker="o", markersize=3.5, color=color, label=name, linewidth=1.3)
+        axis.plot(lrs, values, marker="o", markersize=3.5, label=name, **style)
         if chosen_lr is not None and chosen_lr in lrs:
             axis.plot(
                 [chosen_lr],

@@ -47,7 +47,9 @@ __all__ = [
 ]
 
 #: Options that choose an implementation, not the algorithm: never shown.
-IMPLEMENTATION_FLAGS = frozenset({"maximize", "foreach", "fused", "capturable", "differentiable"})
+IMPLEMENTATION_FLAGS = frozenset(
+    {"maximize", "foreach", "fused", "capturable", "differentiable", "print_change_log"}
+)
 
 
 # -------------------------------------------------------------------- numbers
@@ -298,7 +300,7 @@ def table_rows(rows: Sequence[SummaryRow]) -> tuple[list[str], list[list[str]]]:
                 _metric_text(row.final_mean, row.final_std, metric),
                 _metric_text(row.best_mean, row.best_std, metric),
                 _target_text(row),
-                format_value(row.seconds_per_epoch) if finite(row.seconds_per_epoch) else "-",
+                f"{row.seconds_per_epoch:.3g}" if finite(row.seconds_per_epoch) else "-",
                 seeds,
                 other,
             ]
