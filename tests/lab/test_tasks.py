@@ -215,7 +215,8 @@ def test_quadratic_matches_the_deepobs_definition():
     batch = train_x[:128].astype(np.float64)
     expected = np.mean([0.5 * (theta - x) @ hessian @ (theta - x) for x in batch])
     inputs, targets = problem.train.batch(slice(0, 128))
-    assert float(problem.loss(problem.model(inputs), targets)) == pytest.approx(expected, rel=1e-5)
+    loss = problem.loss(problem.model(inputs), targets)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
     # DeepOBS drops the incomplete last batch: 7 steps of 128 per epoch.
     result = train(RunSpec("quadratic-deep", "sgd", epochs=2), progress=False)
     assert [row["step"] for row in result.history] == [0, 7, 14]

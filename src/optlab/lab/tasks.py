@@ -278,6 +278,17 @@ def _half_squared_error(outputs: Tensor, targets: Tensor | None) -> Tensor:
 
 
 def _build_diabetes(seed: int, data_dir: str | None, options: Mapping[str, Any]) -> Problem:
+    """d2l's optimisation-chapter harness (``train_ch11``), on the diabetes data.
+
+    d2l runs it on the NASA airfoil data (1500 examples); here it runs on
+    scikit-learn's diabetes data (442 examples, 10 features), which ships
+    with scikit-learn. As in d2l: features and target standardised, a
+    linear model with weights ~ N(0, 0.01^2) and zero bias, batches of 10
+    (shuffled, the last one smaller), loss ``(y_hat - y)^2 / 2`` averaged over
+    the batch, the loss on the full data recorded every 200 examples, and
+    training time per epoch excluding those evaluations. There is no test
+    split: ``test_loss`` and ``metric`` are the full-data loss, as in d2l.
+    """
     features, target = _diabetes()
     data = ArrayData(torch.tensor(features), torch.tensor(target))
     model = nn.Linear(features.shape[1], 1)
@@ -341,6 +352,17 @@ class _LogisticRegression(nn.Linear):
 
 
 def _build_cancer(seed: int, data_dir: str | None, options: Mapping[str, Any]) -> Problem:
+    """Convex: L2-regularised logistic regression on all 569 breast-cancer examples.
+
+    Objective: ``mean(log-loss) + l2/2 * |w|^2`` (bias not penalised;
+    ``l2 = 1e-2`` by default). The penalty is part of the task, not weight
+    decay, so every optimizer minimises the same function; without it the
+    standardised data are linearly separable and the loss has no minimiser.
+    The model and data are float64 so the gap can be followed far down;
+    ``metric`` is the full objective minus its minimum, computed once per
+    process by Newton's method to a gradient norm below 1e-13. There is no
+    test split: the objective is what is measured.
+    """
     l2 = float(options["l2"])
     features, target = _breast_cancer()
     data = ArrayData(torch.tensor(features), torch.tensor(target))
@@ -415,6 +437,24 @@ def _mean_output(outputs: Tensor, targets: Tensor | None) -> Tensor:
 
 
 def _build_quadratic(seed: int, data_dir: str | None, options: Mapping[str, Any]) -> Problem:
+    """DeepOBS's ``quadratic_deep`` (Schneider, Balles & Hennig, ICLR 2019).
+
+    As DeepOBS defines it (checked against its PyTorch code): 100-D ``theta``
+    starting at ones; loss ``0.5 (theta - x)^T Q (theta - x)`` averaged over
+    the batch; ``Q = R^T D R`` in float32 with ``D`` holding 90 eigenvalues
+    from U(0, 1) then 10 from U(30, 60) and ``R`` a Haar-random rotation
+    (subgroup algorithm), all drawn in that order from
+    ``numpy.random.RandomState(42)``; the data are 1000 fixed points
+    x ~ N(0, 0.6^2 I) from ``RandomState(42)`` for training and 1000 from
+    ``RandomState(43)`` for testing (drawn once, reshuffled every epoch, not
+    fresh noise every step); batches of 128 with the incomplete last batch
+    dropped, so an epoch is 7 steps over 896 points.
+
+    One deliberate difference: DeepOBS's test loader also drops the last
+    incomplete batch and so evaluates 896 of the 1000 test points; here
+    ``test_loss`` is the mean over all 1000. The run's seed only changes the
+    data order (``theta`` always starts at ones).
+    """
     hessian, train, test = _quadratic_problem_data()
     model = NoisyQuadratic(torch.tensor(hessian))
     return Problem(
