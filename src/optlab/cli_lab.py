@@ -445,9 +445,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "compare",
         help="compare optimizers on a task (tables, plots, report)",
         description=(
-            "Train every optimizer on a task over several seeds (optionally tuning the "
-            "learning rate first), store every run as it finishes, then print a summary "
-            "table and write summary.csv, plots and report.md into the results directory."
+            "Train every optimizer on a task over several seeds (optionally tuning the\n"
+            "learning rate first), store every run as it finishes, then print a summary\n"
+            "table and write summary.csv, plots and report.md into the results directory.\n"
+            "Without arguments: the default study (digits-mlp, the twelve core optimizers\n"
+            "with their defaults, 3 seeds)."
         ),
         epilog=COMPARE_EXAMPLE,
         formatter_class=formatter,
@@ -478,7 +480,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "report",
         help="redraw tables, plots and report.md from a results directory",
         description=(
-            "Rewrite summary.csv, the plots and report.md of a results directory from its "
+            "Rewrite summary.csv, the plots and report.md of a results directory from its\n"
             "stored run records, without training, and print the summary table."
         ),
         epilog="example:\n  optlab report results/demo",

@@ -201,20 +201,21 @@ def summarize(outcome: StudyOutcome) -> list[SummaryRow]:
         tuned = ""
         if study.tune and o.hparams is not None:
             tuned = f"lr by {study.tuner} ({len(o.tuning)} runs)"
-        rows.append(
-            summarize_runs(
-                study.task,
-                o.optimizer,
-                o.hparams if o.hparams is not None else dict(study.hparams),
-                o.runs,
-                target=target,
-                metric=metric,
-                higher_is_better=higher,
-                missing=o.missing,
-                tuned=tuned,
-                note=o.note,
-            )
+        row = summarize_runs(
+            study.task,
+            o.optimizer,
+            o.hparams if o.hparams is not None else dict(study.hparams),
+            o.runs,
+            target=target,
+            metric=metric,
+            higher_is_better=higher,
+            missing=o.missing,
+            tuned=tuned,
+            note=o.note,
         )
+        if study.tune and o.hparams is None:
+            row.hparams["lr"] = None  # not chosen (yet): the default would mislead
+        rows.append(row)
     return sorted(rows, key=SummaryRow.sort_key)
 
 
@@ -296,7 +297,7 @@ def table_rows(rows: Sequence[SummaryRow]) -> tuple[list[str], list[list[str]]]:
         cells.append(
             [
                 row.optimizer,
-                format_value(row.hparams.get("lr")),
+                "-" if row.hparams.get("lr") is None else format_value(row.hparams["lr"]),
                 _metric_text(row.final_mean, row.final_std, metric),
                 _metric_text(row.best_mean, row.best_std, metric),
                 _target_text(row),
