@@ -283,13 +283,8 @@ def _broadcast(message: dict[str, Any] | None) -> dict[str, Any] | None:
 def _follower_main(
     rank: int, world_size: int, port: int, threads: int | None, timeout: timedelta
 ) -> None:
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world_size,
-        timeout=timeout,
-    )
+    store = dist.TCPStore("127.0.0.1", port, world_size=world_size, timeout=timeout)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size, timeout=timeout)
     Session(threads=threads).serve()
 
 
@@ -330,7 +325,12 @@ def start(
         return None
     if not dist.is_available():
         raise RuntimeError("this torch build has no torch.distributed; nproc must be 1")
-    port = free_port()
+    # This process hosts the rendezvous store on a port the OS picks, so no
+    # other program can take the port between choosing and binding it.
+    store = dist.TCPStore(
+        "127.0.0.1", 0, world_size=nproc, is_master=True, timeout=timeout, wait_for_workers=False
+    )
+    port = store.port
     context = mp.get_context("spawn")
     followers = [
         context.Process(
@@ -344,13 +344,7 @@ def start(
     for process in followers:
         process.start()
     try:
-        dist.init_process_group(
-            "gloo",
-            init_method=f"tcp://127.0.0.1:{port}",
-            rank=0,
-            world_size=nproc,
-            timeout=timeout,
-        )
+        dist.init_process_group("gloo", store=store, rank=0, world_size=nproc, timeout=timeout)
     except BaseException:
         for process in followers:
             process.terminate()
