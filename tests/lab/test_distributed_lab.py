@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,7 @@ SPECS = {
 
 @pytest.fixture(scope="module")
 def two_process_results():
-    session = distributed.start(nproc=2)
+    session = distributed.start(nproc=2, timeout=timedelta(minutes=3))  # fail, never hang
     assert session is not None and session.is_driver and session.world_size == 2
     try:
         return {label: session.train(spec) for label, spec in SPECS.items()}
