@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "optlab.cli_list",
     "optlab.cli_lab",
     "optlab.cli_trajectories",
+    "optlab.cli_speed",
 )
 
 
