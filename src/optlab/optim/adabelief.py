@@ -253,10 +253,13 @@ def _multi_tensor_adabelief(
         adaptive: list[int] = []
         adaptive_sizes: list[float] = []
         sgd: dict[float, list[int]] = {}  # step size -> tensors (one entry unless steps differ)
+        by_step: dict[float, tuple[str, float]] = {}  # usually one distinct step per group
         for index, step in enumerate(step_values):
-            kind, step_size = rectified_step_size(
-                step, beta1=beta1, beta2=beta2, degenerated_to_sgd=degenerated_to_sgd
-            )
+            if step not in by_step:
+                by_step[step] = rectified_step_size(
+                    step, beta1=beta1, beta2=beta2, degenerated_to_sgd=degenerated_to_sgd
+                )
+            kind, step_size = by_step[step]
             if kind == "adaptive":
                 adaptive.append(index)
                 adaptive_sizes.append(-step_size * lr)
