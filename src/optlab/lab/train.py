@@ -501,7 +501,9 @@ def train(
     device = torch.device(device or "cpu")
     if _requested_threads(threads) is None:
         threads = get_task(spec.task).threads
-    with num_threads(threads), _deterministic(device), torch.random.fork_rng(devices=[]):
+    # Forking the accelerator's generator too keeps the caller's CUDA random state intact.
+    rng_devices = [device.index or 0] if device.type == "cuda" else []
+    with num_threads(threads), _deterministic(device), torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(spec.seed)
         run = run_class(spec, device=device)
         return run.run(progress)
