@@ -45,6 +45,7 @@ COMBOS = [
     ("adabelief", {"degenerated_to_sgd": False, "weight_decay": 0.01, "weight_decouple": False}),
 ]
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 LEARNING_RATES = {"sgd": 0.05, "adagrad": 0.05, "adadelta": 1.0, "rmsprop": 0.01, "yogi": 0.01}
 SHAPES = [(7, 5), (33,), (1,), (2, 3, 4, 4)]
 
@@ -54,10 +55,11 @@ def _ids(combo):
     return name + "".join(f"-{k}={v}" for k, v in hparams.items())
 
 
-def _params(seed: int, dtype=torch.float32) -> list[torch.nn.Parameter]:
+def _params(seed: int, dtype=torch.float32, device="cpu") -> list[torch.nn.Parameter]:
     generator = torch.Generator().manual_seed(seed)
     return [
-        torch.nn.Parameter(torch.randn(shape, generator=generator, dtype=dtype)) for shape in SHAPES
+        torch.nn.Parameter(torch.randn(shape, generator=generator, dtype=dtype).to(device))
+        for shape in SHAPES
     ]
 
 
@@ -65,7 +67,8 @@ def _set_grads(params_sets, step: int) -> None:
     """The same gradients for every copy; the last parameter has none on every third step."""
     generator = torch.Generator().manual_seed(10_000 + step)
     for index, shape in enumerate(SHAPES):
-        grad = torch.randn(shape, generator=generator, dtype=params_sets[0][index].dtype)
+        first = params_sets[0][index]
+        grad = torch.randn(shape, generator=generator, dtype=first.dtype).to(first.device)
         for params in params_sets:
             params[index].grad = None if index == 3 and step % 3 == 0 else grad.clone()
 
@@ -91,10 +94,11 @@ def _make(name, params, hparams, **flags):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("combo", COMBOS, ids=_ids)
-def test_fused_matches_loop_over_100_steps_with_lr_changes_and_missing_grads(combo):
+def test_fused_matches_loop_over_100_steps_with_lr_changes_and_missing_grads(combo, device):
     name, hparams = combo
-    fused_params, loop_params = _params(0), _params(0)
+    fused_params, loop_params = _params(0, device=device), _params(0, device=device)
     fused_opt = _make(name, fused_params, hparams, fused=True)
     loop_opt = _make(name, loop_params, hparams, foreach=False)
     schedulers = [
@@ -113,6 +117,23 @@ def test_fused_matches_loop_over_100_steps_with_lr_changes_and_missing_grads(com
     _assert_close_states(fused_opt, loop_opt, fused_params, loop_params)
     # A new lr every 30 steps, a parameter without grad every third step: no compile.
     assert _fused.compile_count() == compiles_after_first_step
+
+
+def test_multi_threaded_kernel_for_large_tensors_matches_loop():
+    # Tensors from SERIAL_MAX_NUMEL elements up run the multi-threaded kernel variant.
+    def make():
+        generator = torch.Generator().manual_seed(11)
+        return [torch.nn.Parameter(torch.randn(_fused.SERIAL_MAX_NUMEL + 5, generator=generator))]
+
+    fused_params, loop_params = make(), make()
+    fused_opt = optimizer_class("adabelief")(fused_params, lr=1e-2, fused=True)
+    loop_opt = optimizer_class("adabelief")(loop_params, lr=1e-2, foreach=False)
+    for step in range(20):
+        grad = torch.randn(fused_params[0].shape, generator=torch.Generator().manual_seed(step))
+        fused_params[0].grad, loop_params[0].grad = grad.clone(), grad.clone()
+        fused_opt.step()
+        loop_opt.step()
+    _assert_close_states(fused_opt, loop_opt, fused_params, loop_params)
 
 
 def test_no_recompile_across_steps_lr_changes_and_missing_grads():

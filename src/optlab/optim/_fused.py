@@ -213,8 +213,10 @@ class _Kernel:
         present: tuple[bool, ...],
         device: torch.device,
         dtype: torch.dtype,
+        serial: bool = False,
     ) -> None:
         self.rule = rule
+        self.serial = serial
         self.flags = dict(flags)
         self.present = present  # which tensor arguments are given (not None)
         self.device = device
@@ -265,7 +267,7 @@ class _Kernel:
             with (
                 torch.no_grad(),
                 torch._functorch.config.patch(enable_autograd_cache=False),
-                torch._inductor.config.patch(compile_threads=1),
+                torch._inductor.config.patch(_inductor_options(self.serial)),
             ):
                 compiled(*scratch, **self.flags)
         except Exception as error:
@@ -361,18 +363,27 @@ class _Kernel:
 _kernels: dict[tuple[Any, ...], _Kernel] = {}
 
 
+def _inductor_options(serial: bool) -> dict[str, Any]:
+    # One kernel compiles in-process faster than through a pool of compile workers.
+    options: dict[str, Any] = {"compile_threads": 1}
+    if serial:
+        options["cpp.threads"] = 1
+    return options
+
+
 def _kernel(
     rule: Callable[..., None],
     flags: Mapping[str, Any],
     present: tuple[bool, ...],
     device: torch.device,
     dtype: torch.dtype,
+    serial: bool,
     num_scalars: int,
 ) -> _Kernel:
-    key = (rule, tuple(sorted(flags.items())), present, device.type, device.index, dtype)
+    key = (rule, tuple(sorted(flags.items())), present, device.type, device.index, dtype, serial)
     kernel = _kernels.get(key)
     if kernel is None:
-        kernel = _Kernel(rule, flags, present, device, dtype)
+        kernel = _Kernel(rule, flags, present, device, dtype, serial)
         kernel.compile(num_scalars)
         _kernels[key] = kernel
     return kernel
@@ -381,6 +392,16 @@ def _kernel(
 # --------------------------------------------------------------------------
 # The entry point the algorithm modules call.
 # --------------------------------------------------------------------------
+
+#: On CPU, tensors below this many elements run a single-threaded kernel:
+#: splitting 4096 elements over threads costs more than it saves, and torch's
+#: own fused kernels stay on one thread below the same size (ATen's grain size).
+SERIAL_MAX_NUMEL = 32768
+
+
+def _signature(param: Tensor) -> tuple[torch.device, torch.dtype, bool]:
+    serial = param.device.type == "cpu" and param.numel() < SERIAL_MAX_NUMEL
+    return (param.device, param.dtype, serial)
 
 
 def fused_update(
@@ -411,13 +432,13 @@ def fused_update(
     keys = [None] * count if keys is None else keys
     present = tuple(lists is not None for lists in tensors)
     # Compile every kernel this call needs before any tensor changes.
-    kernels: dict[tuple[torch.device, torch.dtype], _Kernel] = {}
-    vectors: dict[tuple[Any, torch.device], Tensor] = {}
-    for index, param in enumerate(params):
-        signature = (param.device, param.dtype)
+    kernels: dict[tuple[torch.device, torch.dtype, bool], _Kernel] = {}
+    signatures = [_signature(param) for param in params]
+    for index, signature in enumerate(signatures):
         if signature not in kernels:
             num_scalars = len(scalars(keys[index]))
             kernels[signature] = _kernel(rule, flags, present, *signature, num_scalars)
+    vectors: dict[tuple[Any, torch.device], Tensor] = {}
     for index, param in enumerate(params):
         vector_key = (keys[index], param.device)
         vector = vectors.get(vector_key)
@@ -432,6 +453,6 @@ def fused_update(
             t is None or (t.is_contiguous() and t.dtype == param.dtype and t.device == param.device)
             for t in tensor_set
         ):
-            kernels[(param.device, param.dtype)].run(tensor_set, vector)
+            kernels[signatures[index]].run(tensor_set, vector)
         else:  # rare: a non-contiguous or mixed tensor set runs the same rule eagerly
             rule(*tensor_set, vector, **flags)
