@@ -12,8 +12,7 @@ its traceback (torch.multiprocessing.spawn re-raises it in the test).
 
 from __future__ import annotations
 
-import os
-import socket
+import time
 import traceback
 import warnings
 from datetime import timedelta
@@ -129,39 +128,55 @@ def single_process_params(name: str, implementation: str, steps: int) -> list[to
 # --------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def spawn(
+    scenarios: list[str], out_dir: Path, pairs: list[tuple[str, str]], world: int = 2
+) -> list[dict[str, dict[tuple[str, str], dict[str, Any]]]]:
+    """Run every scenario for every pair in ONE spawn of ``world`` gloo processes.
 
-
-def spawn(scenario: str, out_dir: Path, pairs: list[tuple[str, str]], world: int = 2) -> list[Any]:
-    """Run ``scenario`` on ``world`` gloo processes; return each rank's results."""
-    mp.spawn(
-        _entry,
-        args=(world, free_port(), scenario, pairs, str(out_dir)),
-        nprocs=world,
-        join=True,
-    )
+    One spawn, not one per scenario: process start-up and the fused kernels'
+    compiles (once per process) are paid once. Returns, per rank,
+    ``results[scenario][name, implementation]``.
+    """
+    mp.spawn(_entry, args=(world, scenarios, pairs, str(out_dir)), nprocs=world, join=True)
     return [torch.load(out_dir / f"rank{rank}.pt", weights_only=False) for rank in range(world)]
 
 
-def _entry(rank: int, world: int, port: int, scenario: str, pairs, out_dir: str) -> None:
+def _rendezvous(rank: int, world: int, out_dir: Path) -> dist.TCPStore:
+    """Rank 0 listens on a port the OS picks and writes it down; the others read it."""
+    timeout = timedelta(seconds=90)
+    port_file = out_dir / "port"
+    if rank == 0:
+        store = dist.TCPStore(
+            "127.0.0.1", 0, world, is_master=True, timeout=timeout, wait_for_workers=False
+        )
+        (out_dir / "port.tmp").write_text(str(store.port))
+        (out_dir / "port.tmp").rename(port_file)
+        return store
+    deadline = time.monotonic() + timeout.total_seconds()
+    while not port_file.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank 0 did not write {port_file}")
+        time.sleep(0.05)
+    return dist.TCPStore("127.0.0.1", int(port_file.read_text()), world, timeout=timeout)
+
+
+def _entry(rank: int, world: int, scenarios: list[str], pairs, out_dir: str) -> None:
     torch.set_num_threads(1)  # two ranks share two cores with everything else
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=90))
+    store = _rendezvous(rank, world, Path(out_dir))
+    dist.init_process_group(
+        "gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=90)
+    )
     try:
-        results = {}
-        run_pair = SCENARIOS[scenario]
-        for name, implementation in pairs:
-            try:
-                results[name, implementation] = run_pair(
-                    rank, world, name, implementation, Path(out_dir)
-                )
-            except Exception:
-                results[name, implementation] = {"error": traceback.format_exc()}
-            dist.barrier()
+        results: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
+        for scenario in scenarios:
+            results[scenario] = {}
+            for name, implementation in pairs:
+                try:
+                    measured = SCENARIOS[scenario](rank, world, name, implementation, Path(out_dir))
+                except Exception:
+                    measured = {"error": traceback.format_exc()}
+                results[scenario][name, implementation] = measured
+                dist.barrier()
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
