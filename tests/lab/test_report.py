@@ -184,3 +184,14 @@ def test_report_of_an_unfinished_study_says_what_is_missing(tmp_path):
     assert report.rows[0].missing == 2 and report.rows[0].seeds == 1
     assert "2 missing" in report.text()
     assert "not complete" in (tmp_path / "report.md").read_text()
+
+
+def test_report_covers_the_latest_study_and_counts_older_records(tmp_path):
+    run_study(StudySpec("digits-mlp", ("adam", "sgd"), seeds=(0,), epochs=2), tmp_path,
+              trainer=fake_trainer)  # fmt: skip
+    run_study(StudySpec("digits-mlp", ("adam",), seeds=(0,), epochs=2), tmp_path,
+              trainer=fake_trainer)  # fmt: skip
+    report = write_report(tmp_path)
+    assert [row.optimizer for row in report.rows] == ["adam"]
+    markdown = (tmp_path / "report.md").read_text()
+    assert "the 2 run records (one JSON file per run), 1 of them part of this study" in markdown

@@ -276,6 +276,7 @@ def uninterrupted(tmp_path_factory) -> dict[str, dict]:
     return without_timing(stored(root))
 
 
+@pytest.mark.slow
 def test_jobs_2_gives_the_same_results_as_jobs_1(tmp_path, uninterrupted):
     run_study(REAL, tmp_path / "two", jobs=2)
     assert without_timing(stored(tmp_path / "two")) == uninterrupted

@@ -501,7 +501,10 @@ def write_report(root: str | os.PathLike[str]) -> Report:
         sections.append(_task_section(outcome, rows, images, description, target, report.root))
     csv_path = write_summary_csv(report.rows, report.root / "summary.csv")
     report.files.insert(0, csv_path)
-    markdown = _markdown(report, study, study_data, sections, len(store))
+    used = {
+        r.spec.key() for o in outcomes for part in o.optimizers for r in (*part.runs, *part.tuning)
+    }
+    markdown = _markdown(report, study, study_data, sections, len(store), len(used))
     atomic_write_text(report.report_path, markdown)
     report.files.insert(0, report.report_path)
     return report
@@ -568,6 +571,7 @@ def _markdown(
     study_data: Mapping[str, Any],
     sections: Sequence[str],
     record_count: int,
+    used_count: int,
 ) -> str:
     lines = ["# optlab report", ""]
     command = study_data.get("command")
@@ -600,7 +604,13 @@ def _markdown(
     lines += [
         "## Files",
         "",
-        f"- `runs/<key>.json`: the {record_count} run records (one JSON file per run);",
+        f"- `runs/<key>.json`: the {record_count} run records (one JSON file per run)"
+        + (
+            f", {used_count} of them part of this study (the others are from earlier studies "
+            "run into this directory);"
+            if used_count != record_count
+            else ";"
+        ),
         "  load them with `optlab.lab.store.load_records(DIR)` (one row per evaluation) or",
         "  `load_runs(DIR)` (one row per run) into pandas.",
         "- `summary.csv`: the tables above with every hyper-parameter used.",
