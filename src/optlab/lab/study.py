@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import json
 import math
 import multiprocessing
 import os
 import platform
-import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, fields, replace
@@ -653,15 +653,9 @@ def environment() -> dict[str, Any]:
         "processor": _cpu_model(),
         "cpu_count": os.cpu_count(),
     }
-    for module_name in ("numpy", "sklearn", "optuna"):
-        module = sys.modules.get(module_name)
-        if module is None:
-            with contextlib.suppress(ImportError):
-                module = __import__(module_name)
-        if module is not None:
-            info[module_name if module_name != "sklearn" else "scikit-learn"] = getattr(
-                module, "__version__", "?"
-            )
+    for distribution in ("numpy", "scikit-learn", "optuna"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            info[distribution] = importlib.metadata.version(distribution)
     return info
 
 
@@ -687,7 +681,9 @@ def run_study(
     Args:
         study: the study (checked with :func:`validate_study` first).
         root: results directory; created when new or empty (see :mod:`optlab.lab.store`).
-        jobs: worker processes; 1 trains in this process.
+        jobs: worker processes; 1 trains in this process. Workers are spawned, so a
+            script calling this with ``jobs > 1`` needs the usual
+            ``if __name__ == "__main__":`` guard.
         trainer: ``RunSpec -> RunResult``; :func:`optlab.lab.train.train` by default.
             With ``jobs > 1`` it must be importable by name (a module-level function).
         progress: see :data:`Progress`.
