@@ -339,6 +339,21 @@ def _distributed_session(args: argparse.Namespace) -> Any:
         raise CommandLineError(str(error)) from None
 
 
+def _check_data(study: Any) -> None:
+    """File-backed tasks: read the data once now, so missing or malformed files are one
+    clear line before anything starts (the loaders cache what they read)."""
+    from optlab.lab.data import DatasetFormatError, DatasetNotFoundError
+    from optlab.lab.tasks import get_task
+
+    task = get_task(study.task)
+    if not task.needs_data_dir:
+        return
+    try:
+        task.build(study.seeds[0], study.data_dir)
+    except (DatasetNotFoundError, DatasetFormatError) as error:
+        raise CommandLineError(str(error).splitlines()[0]) from None
+
+
 def _run_compare(args: argparse.Namespace, study: Any, session: Any) -> int:
     from optlab.lab.data import DatasetFormatError, DatasetNotFoundError
     from optlab.lab.report import write_report
@@ -348,13 +363,15 @@ def _run_compare(args: argparse.Namespace, study: Any, session: Any) -> int:
     out = Path(args.out) if args.out else default_out(study)
     jobs = 1 if session is not None else args.jobs if args.jobs is not None else default_jobs()
     command = compare_command(study, out)
+    _check_data(study)
     try:
         Store.open(out)  # a foreign or damaged directory fails here, before any banner
     except StoreError as error:
         raise CommandLineError(str(error)) from None
+    count = len(study.optimizers)
     print(
-        f"optlab compare: {study.task}, {len(study.optimizers)} optimizers x "
-        f"{len(study.seeds)} seeds"
+        f"optlab compare: {study.task}, {count} optimizer{'s' if count > 1 else ''} x "
+        f"{len(study.seeds)} seed{'s' if len(study.seeds) > 1 else ''}"
         + (f", lr tuned by {study.tuner}" if study.tune else "")
         + f", {jobs} worker{'s' if jobs > 1 else ''}"
         + (f", DDP over {session.world_size} processes" if session is not None else "")

@@ -156,3 +156,12 @@ def test_default_study_is_digits_with_the_twelve_core_optimizers():
         "sgd momentum nag adagrad adadelta rmsprop adam adamw amsgrad yogi eadam adabelief".split()
     )
     assert len(study.seeds) >= 3 and study.hparams == {} and study.tune is None
+
+
+def test_missing_data_files_are_one_line_before_anything_is_written(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    argv = ["compare", "--task", "mnist-cnn", "--optimizers", "adam"]
+    argv += ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert "MNIST files missing" in one_line_error(capsys)
+    assert not (tmp_path / "out").exists()
