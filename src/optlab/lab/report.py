@@ -523,7 +523,12 @@ def _task_section(
     if description:
         lines += [description, ""]
     facts = [f"seeds {', '.join(map(str, study.seeds))}"]
-    facts.append(f"epochs {study.epochs if study.epochs is not None else 'task default'}")
+    if study.epochs is not None:
+        facts.append(f"epochs {study.epochs}")
+    else:
+        all_runs = [r for o in outcome.optimizers for r in (*o.runs, *o.tuning)]
+        epochs = {r.info.get("epochs") for r in all_runs if r.info.get("epochs") is not None}
+        facts.append(f"epochs {epochs.pop() if len(epochs) == 1 else 'of the task'} (task default)")
     facts.append(f"schedule {study.schedule}")
     if study.hparams:
         fixed = ", ".join(f"{k}={format_value(v)}" for k, v in study.hparams.items())
@@ -585,7 +590,7 @@ def _markdown(
             "",
         ]
     when = []
-    for key in ("started", "finished"):
+    for key in ("started", "resumed", "finished"):
         if study_data.get(key):
             when.append(f"{key} {study_data[key]}")
     generated = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -697,15 +697,19 @@ def run_study(
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     store = Store.open(root)
     with store.lock():
-        store.write_study(
-            {
-                "study": study.to_dict(),
-                "command": command,
-                "environment": environment(),
-                "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "jobs": jobs,
-            }
-        )
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        earlier = store.read_study() or {}
+        data = {
+            "study": study.to_dict(),
+            "command": command,
+            "environment": environment(),
+            "started": now,
+            "jobs": jobs,
+        }
+        if earlier.get("study") == data["study"] and earlier.get("started"):
+            data["started"] = earlier["started"]  # resuming: the study began back then
+            data["resumed"] = now
+        store.write_study(data)
         with _Runner(jobs, trainer) as runner:
             if study.tune and study.tuner == "optuna":
                 _tune_optuna(study, store, runner, progress)
