@@ -541,8 +541,11 @@ def _tune_optuna(
 
     Trial ``n`` of an optimizer is asked with a sampler seeded by ``n``, so the
     proposals depend only on the trials before it: a resumed study proposes
-    exactly what an uninterrupted one would. A trial asked but never told (the
-    process was killed) is trained again, or told from its stored record.
+    exactly what an uninterrupted one would. The seeds do not depend on the
+    optimizer, so the random start-up trials try the same learning rates for every
+    optimizer (a common starting set; TPE then follows each one's results). A trial
+    asked but never told (the process was killed) is trained again, or told from its
+    stored record.
     """
     import optuna
 
