@@ -53,13 +53,19 @@ fails to compile raises ``RuntimeError`` on the first step, before any
 tensor changed. ``OPTLAB_DISABLE_FUSED=1`` in the environment makes the
 fused path unavailable (to test the fallbacks, or to rule it out).
 
-``foreach=None, fused=None`` (the default) picks, per param group:
+``foreach=None, fused=None`` (the default) picks, per param group, from
+the measurements in docs/benchmarks.md:
 
-- fused, when it is available and the group holds at least
+- on CPU, fused when it is available and the group holds at least
   :data:`FUSED_DEFAULT_MIN_NUMEL` elements: there the first step's compile
   (a few seconds cold, about a second with a warm cache) is repaid within
   a few hundred steps, and every step after runs at about
-  ``torch.optim.Adam(fused=True)``'s speed (see docs/benchmarks.md);
+  ``torch.optim.Adam(fused=True)``'s speed;
+- on CUDA, foreach, as torch.optim does: the fused path launches one kernel
+  per tensor (about 50 us of host time each on the H200 machine measured),
+  so it wins only where tensors are large and the rule makes several passes
+  (AdaBelief and Adam on 4M-element tensors: 1.9x and 1.5x faster than
+  foreach) and loses on many small tensors; ``fused=True`` opts in;
 - otherwise the multi-tensor path for tensor subclasses torch's foreach
   ops support and the loop for others (the base class's rule), so small
   models, and the test suite, never pay for a compile.
@@ -167,6 +173,8 @@ def prefer_fused(params: Sequence[Tensor]) -> bool:
     """Whether ``fused=None`` picks the fused path for a group with these parameters."""
     if not params or sum(p.numel() for p in params) < FUSED_DEFAULT_MIN_NUMEL:
         return False
+    if any(p.device.type != "cpu" for p in params):
+        return False  # CUDA: one launch per tensor loses to foreach (docs/benchmarks.md)
     if not plain_tensors(params):
         return False
     return all(
@@ -229,6 +237,7 @@ class _Kernel:
         self._compiled: Callable[..., Any] | None = None
         self._direct: Callable[[list[Any]], Any] | None = None
         self._plan: list[tuple[int, bool]] | None = None
+        self._runner: Callable[[tuple[Tensor, ...], Tensor], Any] | None = None
 
     # ----- compile ----------------------------------------------------------
 
@@ -293,7 +302,7 @@ class _Kernel:
             logger.debug(
                 "optlab fused: direct call of %s disagrees; calling through Dynamo", suffix
             )
-            self._direct = self._plan = None
+            self._direct = self._plan = self._runner = None
 
     def _plan_from(self, graph: torch.fx.GraphModule) -> list[tuple[int, bool]] | None:
         """Map the graph's inputs to (argument index, is-its-element-count)."""
@@ -351,13 +360,40 @@ class _Kernel:
 
     def run(self, tensors: Sequence[Tensor | None], scalars: Tensor) -> None:
         """Update one tensor set in place (contiguous, this kernel's device and dtype)."""
-        if self._direct is not None:
-            args = [*tensors, scalars]
-            self._direct(
-                [args[index].numel() if is_size else args[index] for index, is_size in self._plan]
-            )
-        else:
-            self._compiled(*tensors, scalars, **self.flags)
+        self.runner()(tuple(t for t in tensors if t is not None), scalars)
+
+    def runner(self) -> Callable[[tuple[Tensor, ...], Tensor], Any]:
+        """``run`` for the given tensors only (no ``None``s), with the least work per call.
+
+        The direct call's argument list is built by a function generated once
+        from the graph's input plan: the hot loop then costs one Python call
+        and one list display per tensor.
+        """
+        if self._runner is not None:
+            return self._runner
+        if self._direct is None:
+            positions = [i for i, present in enumerate(self.present) if present]
+
+            def through_dynamo(given: tuple[Tensor, ...], scalars: Tensor) -> Any:
+                args: list[Any] = [None] * len(self.present)
+                for position, tensor in zip(positions, given, strict=True):
+                    args[position] = tensor
+                return self._compiled(*args, scalars, **self.flags)
+
+            self._runner = through_dynamo
+            return self._runner
+        # Rule argument index -> index among the given (non-None) tensors, or the scalars.
+        given_index = {}
+        for index, present in enumerate(self.present):
+            if present:
+                given_index[index] = f"t[{len(given_index)}]"
+        given_index[len(self.present)] = "h"
+        items = [
+            given_index[index] + (".numel()" if is_size else "") for index, is_size in self._plan
+        ]
+        source = f"lambda t, h: direct([{', '.join(items)}])"
+        self._runner = eval(source, {"direct": self._direct})  # noqa: S307 - generated above
+        return self._runner
 
 
 _kernels: dict[tuple[Any, ...], _Kernel] = {}
@@ -438,21 +474,22 @@ def fused_update(
         if signature not in kernels:
             num_scalars = len(scalars(keys[index]))
             kernels[signature] = _kernel(rule, flags, present, *signature, num_scalars)
-    vectors: dict[tuple[Any, torch.device], Tensor] = {}
-    for index, param in enumerate(params):
-        vector_key = (keys[index], param.device)
-        vector = vectors.get(vector_key)
-        if vector is None:
-            vector = vectors[vector_key] = torch.tensor(
-                list(scalars(keys[index])), dtype=torch.float64, device=param.device
-            )
-        tensor_set = [None if lists is None else lists[index] for lists in tensors]
-        if param.numel() == 0:
-            continue
-        if all(
-            t is None or (t.is_contiguous() and t.dtype == param.dtype and t.device == param.device)
-            for t in tensor_set
-        ):
-            kernels[signatures[index]].run(tensor_set, vector)
-        else:  # rare: a non-contiguous or mixed tensor set runs the same rule eagerly
-            rule(*tensor_set, vector, **flags)
+    # Runs of tensors sharing a kernel and a scalar vector (one run, usually).
+    runs: dict[tuple[Any, ...], list[int]] = {}
+    for index, run_key in enumerate(zip(signatures, keys, strict=True)):
+        runs.setdefault(run_key, []).append(index)
+    is_contiguous = Tensor.is_contiguous
+    given = [lists for lists in tensors if lists is not None]
+    for (signature, key), indices in runs.items():
+        runner = kernels[signature].runner()
+        vector = torch.tensor(list(scalars(key)), dtype=torch.float64, device=signature[0])
+        # Grads match their parameter's dtype, device and shape (autograd and the
+        # ``.grad`` setter check it) and the state is ours: only the layout is checked.
+        for index in indices:
+            tensor_set = tuple(lists[index] for lists in given)
+            if all(map(is_contiguous, tensor_set)):
+                if tensor_set[0].numel():
+                    runner(tensor_set, vector)
+            else:  # rare: a non-contiguous tensor set runs the same rule eagerly
+                full = iter(tensor_set)
+                rule(*[None if lists is None else next(full) for lists in tensors], vector, **flags)
