@@ -229,8 +229,8 @@ def default_jobs() -> int:
     """One process. Each spawned worker first spends about 5 s of CPU importing torch,
     torch._dynamo and scikit-learn, which is what the default study's 36 runs (about
     0.7 s each) would save on two cores: measured on the shared 2-core machine, --jobs 2
-    took 40-80 s and --jobs 1 25-56 s. Larger studies (tuning grids, bigger tasks) gain
-    from --jobs N."""
+    took 27-80 s and --jobs 1 23-56 s (identical records). Larger studies (tuning grids,
+    bigger tasks) gain from --jobs N."""
     return 1
 
 
