@@ -197,22 +197,7 @@ def test_tensor_lr_steps_as_torch_and_schedulers_update_it_in_place(name, option
     assert ours_lr.item() == options["lr"] * 0.5**3
 
 
-FLOAT32_LR_CASES = [
-    pytest.param(
-        name,
-        options,
-        id=name,
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="optlab.Adam computes lr / (1 - beta1^t) in float64; torch.optim.Adam in "
-            "the lr tensor's float32 (adam.py would pass the tensor lr into its rule, as "
-            "adagrad.py does)",
-        )
-        if name in ("Adam", "AdamW")
-        else (),
-    )
-    for name, options in OPTIMIZERS
-]
+FLOAT32_LR_CASES = [pytest.param(name, options, id=name) for name, options in OPTIMIZERS]
 
 
 @pytest.mark.parametrize(("name", "options"), FLOAT32_LR_CASES)

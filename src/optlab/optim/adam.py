@@ -54,7 +54,7 @@ def adam(
     max_exp_avg_sqs: list[Tensor] | None,
     steps: list[Tensor],
     *,
-    lr: float,
+    lr: float | Tensor,
     beta1: float,
     beta2: float,
     eps: float,
@@ -94,7 +94,7 @@ def _single_tensor_adam(
         if decoupled_weight_decay:
             grad = loop_grad(param, grads[i], maximize=maximize, weight_decay=0.0)
             if weight_decay != 0:
-                param.mul_(1 - lr * weight_decay)
+                param.mul_(scalar(1 - lr * weight_decay))
         else:
             grad = loop_grad(param, grads[i], maximize=maximize, weight_decay=weight_decay)
         exp_avg, exp_avg_sq = exp_avgs[i], exp_avg_sqs[i]
@@ -109,7 +109,7 @@ def _single_tensor_adam(
             denom = (max_exp_avg_sqs[i].sqrt() / bias_correction2_sqrt).add_(eps)
         else:
             denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-        param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+        param.addcdiv_(exp_avg, denom, value=-scalar(lr / bias_correction1))
 
 
 def _multi_tensor_adam(
@@ -123,7 +123,7 @@ def _multi_tensor_adam(
         if decoupled_weight_decay:
             run_grads = foreach_grads(run_params, run_grads, maximize=maximize, weight_decay=0.0)
             if weight_decay != 0:
-                torch._foreach_mul_(run_params, 1 - lr * weight_decay)
+                torch._foreach_mul_(run_params, scalar(1 - lr * weight_decay))
         else:
             run_grads = foreach_grads(
                 run_params, run_grads, maximize=maximize, weight_decay=weight_decay
@@ -133,7 +133,7 @@ def _multi_tensor_adam(
         torch._foreach_addcmul_(run_exp_avg_sqs, run_grads, run_grads, 1 - beta2)
 
         step_values = [step.item() for step in run_steps]
-        step_sizes = [-lr / (1 - beta1**step) for step in step_values]
+        step_sizes = [-scalar(lr / (1 - beta1**step)) for step in step_values]
         bias_correction2_sqrts = [(1 - beta2**step) ** 0.5 for step in step_values]
         if amsgrad:
             torch._foreach_maximum_(run_max, run_exp_avg_sqs)
@@ -179,8 +179,8 @@ def _fused_adam(
 ) -> None:  # fmt: skip
     def scalars(step: float) -> tuple[float, ...]:
         return (
-            beta1, beta2, eps, weight_decay, 1 - lr * weight_decay,
-            lr / (1 - beta1**step), (1 - beta2**step) ** 0.5,
+            beta1, beta2, eps, weight_decay, scalar(1 - lr * weight_decay),
+            scalar(lr / (1 - beta1**step)), (1 - beta2**step) ** 0.5,
         )  # fmt: skip
 
     fused_update(
@@ -271,7 +271,7 @@ class Adam(OptlabOptimizer):
             real["exp_avg_sq"],
             real["max_exp_avg_sq"] if amsgrad else None,
             [state["step"] for state in states],
-            lr=scalar(group["lr"]),
+            lr=group["lr"],  # a tensor lr rounds lr / (1 - beta1^t) in its dtype, as torch
             beta1=scalar(beta1),
             beta2=scalar(beta2),
             eps=group["eps"],
