@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
         defaults = ", ".join(
             f"{key}={_format(value)}"
             for key, value in spec.defaults().items()
-            if key not in hidden and (args.all or value not in (False, None))
+            if key not in hidden and (args.all or (value is not False and value is not None))
         )
         print(f"{name:<10} {spec.cls.__name__:<10} {defaults}")
         if args.verbose:
