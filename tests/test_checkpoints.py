@@ -192,3 +192,22 @@ def test_loading_a_python_number_step_from_an_old_checkpoint():
     train(resumed, resumed_params, range(3, 6))
     train(optimizer, params, range(3, 6))
     assert_bitwise_equal(resumed, resumed_params, optimizer, params)
+
+
+def test_torch_2_0_sgd_checkpoint_with_momentum_buffer_none_continues_like_torch():
+    """torch <= 2.0 saved ``momentum_buffer: None`` before a parameter's first step."""
+    torch.manual_seed(0)
+    ours_params = [torch.nn.Parameter(torch.randn(3, 2, dtype=torch.float64))]
+    torch_params = [torch.nn.Parameter(ours_params[0].detach().clone())]
+    checkpoint = torch.optim.SGD(torch_params, lr=0.1, momentum=0.9).state_dict()
+    checkpoint["state"] = {0: {"momentum_buffer": None}}
+    ours = optlab.SGD(ours_params, lr=0.1, momentum=0.9)
+    ours.load_state_dict(copy.deepcopy(checkpoint))
+    reference = torch.optim.SGD(torch_params, lr=0.1, momentum=0.9)
+    reference.load_state_dict(copy.deepcopy(checkpoint))
+    for _ in range(5):
+        gradient = torch.randn(3, 2, dtype=torch.float64)
+        ours_params[0].grad, torch_params[0].grad = gradient.clone(), gradient.clone()
+        ours.step()
+        reference.step()
+    assert torch.equal(ours_params[0], torch_params[0])

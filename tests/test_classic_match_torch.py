@@ -311,15 +311,24 @@ def test_rmsprop_matches_torch_for_every_flag_combination(case, dtype):
 # ----- Adam / AdamW ----------------------------------------------------------
 
 
+ADAM_VARIANTS = {
+    "Adam": {},
+    "AdamW": {},
+    "Adam-decoupled": {"decoupled_weight_decay": True},  # torch's Adam takes it too
+}
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", _flag_cases(amsgrad=[False, True], **COMMON), ids=_case_id)
-@pytest.mark.parametrize("name", ["Adam", "AdamW"])
-def test_adam_and_adamw_match_torch_for_every_flag_combination(name, case, dtype):
+@pytest.mark.parametrize("variant", list(ADAM_VARIANTS))
+def test_adam_and_adamw_match_torch_for_every_flag_combination(variant, case, dtype):
+    name, extra = variant.split("-")[0], ADAM_VARIANTS[variant]
+
     def ours(groups, foreach):
-        return getattr(optlab, name)(groups, lr=0.01, foreach=foreach, **case)
+        return getattr(optlab, name)(groups, lr=0.01, foreach=foreach, **case, **extra)
 
     def ref(groups, foreach):
-        return getattr(torch.optim, name)(groups, lr=0.01, foreach=foreach, **case)
+        return getattr(torch.optim, name)(groups, lr=0.01, foreach=foreach, **case, **extra)
 
     wd = case["weight_decay"]
     groups = [

@@ -412,7 +412,8 @@ def test_low_precision_computes_in_float32_and_keeps_float32_state(name, dtype):
     ("optimizer_cls", "options", "message"),
     [
         (EAdam, dict(lr=-1.0), "lr must be a finite number >= 0, got -1.0"),
-        (EAdam, dict(eps=-1e-8), "eps must be a finite number >= 0, got -1e-08"),
+        (EAdam, dict(eps=-1e-8), "eps must be in (0, inf), got -1e-08"),
+        (EAdam, dict(eps=0.0), "eps must be in (0, inf), got 0.0"),
         (EAdam, dict(weight_decay=-0.1), "weight_decay must be a finite number >= 0, got -0.1"),
         (EAdam, dict(betas=(1.0, 0.999)), "betas[0] must be in [0, 1), got 1.0"),
         (EAdam, dict(amsgrad=1), "amsgrad must be True or False, got 1"),

@@ -230,6 +230,14 @@ def _with_group_option(checkpoint: dict, **option) -> dict:
     return {**checkpoint, "param_groups": [{**g, **option} for g in checkpoint["param_groups"]]}
 
 
+def _without_state_key(checkpoint: dict, key: str) -> dict:
+    state = {
+        index: {k: v for k, v in entry.items() if k != key}
+        for index, entry in checkpoint["state"].items()
+    }
+    return {**checkpoint, "state": state}
+
+
 #: (optlab class name, options, wrong checkpoint, message)
 WRONG_CHECKPOINTS = [
     pytest.param(
@@ -250,8 +258,17 @@ WRONG_CHECKPOINTS = [
         "Adadelta",
         {},
         lambda: _checkpoint_of(lambda p: optlab.RMSprop(_groups(p)), _params()),
-        "lacks",
+        "another optimizer",
         id="RMSprop-state-into-Adadelta",
+    ),
+    pytest.param(
+        "Adam",
+        {},
+        lambda: _without_state_key(
+            _checkpoint_of(lambda p: optlab.Adam(_groups(p)), _params()), "exp_avg_sq"
+        ),
+        "lacks ['exp_avg_sq']",
+        id="state-missing-a-key",
     ),
     pytest.param(
         "SGD",
@@ -259,6 +276,21 @@ WRONG_CHECKPOINTS = [
         lambda: _checkpoint_of(lambda p: torch.optim.RMSprop(_groups(p)), _params()),
         "another optimizer",
         id="RMSprop-state-into-SGD",
+    ),
+    # Same state keys as Adam: only the groups' options tell the optimizers apart.
+    pytest.param(
+        "Yogi",
+        {},
+        lambda: _checkpoint_of(lambda p: torch.optim.Adam(_groups(p)), _params()),
+        "options Yogi does not take",
+        id="Adam-state-with-equal-keys-into-Yogi",
+    ),
+    pytest.param(
+        "EAdam",
+        {},
+        lambda: _checkpoint_of(lambda p: torch.optim.Adam(_groups(p)), _params()),
+        "options EAdam does not take",
+        id="Adam-state-with-equal-keys-into-EAdam",
     ),
     pytest.param(
         "Adam",

@@ -10,6 +10,7 @@ import importlib
 from typing import Any
 
 from .registry import (
+    _SPECS,
     OptimizerSpec,
     create_optimizer,
     get_spec,
@@ -17,17 +18,12 @@ from .registry import (
     optimizer_class,
 )
 
-_CLASSES = {
-    "SGD": "sgd",
-    "Adagrad": "adagrad",
-    "Adadelta": "adadelta",
-    "RMSprop": "rmsprop",
-    "Adam": "adam",
-    "AdamW": "adam",
-    "Yogi": "yogi",
-    "EAdam": "eadam",
-    "AdaBelief": "adabelief",
-}
+# Class name -> defining module, read off the registry's targets.
+_CLASSES: dict[str, str] = {}
+for _spec in _SPECS:
+    _module, _, _class = _spec.target.partition(":")
+    _CLASSES.setdefault(_class, _module)
+del _spec, _module, _class
 
 __all__ = [
     *_CLASSES,
@@ -41,7 +37,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in _CLASSES:
-        return getattr(importlib.import_module(f"{__name__}.{_CLASSES[name]}"), name)
+        return getattr(importlib.import_module(_CLASSES[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

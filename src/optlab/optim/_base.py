@@ -23,6 +23,7 @@ group, ``_init_state`` and ``_update_group``; see :mod:`optlab.optim.adam`.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import warnings
@@ -175,6 +176,26 @@ def foreach_grads(
 # torch.optim's own list, not a copy: DTensor (FSDP2 parameters) appends itself
 # to it when torch.distributed.tensor is imported, and its foreach ops work.
 _FOREACH_TYPES = _torch_foreach_supported_types
+
+
+@functools.cache
+def _other_optimizers_hparams() -> frozenset[str]:
+    """Every hyper-parameter some registered optimizer takes.
+
+    A checkpoint's group holding one of these that this optimizer does not take
+    (``amsgrad`` loaded into Yogi, say) comes from another optimizer, even when
+    the state keys happen to match. Other extra keys are kept, as torch does:
+    schedulers store ``initial_lr`` and friends in the groups, and torch's own
+    ``capturable`` / ``differentiable`` flags mean nothing here.
+    """
+    from .registry import get_spec, list_optimizers
+
+    names = set()
+    for optimizer in list_optimizers():
+        names.update(get_spec(optimizer).defaults())
+    return frozenset(names - {"capturable", "differentiable"})
+
+
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -326,9 +347,7 @@ class OptlabOptimizer(Optimizer):
             params, grads, states = self._collect(group, group_index)
             if not params:
                 continue
-            low_precision = [
-                i for i, p in enumerate(params) if self._state_dtype(p) != p.dtype
-            ]
+            low_precision = [i for i, p in enumerate(params) if self._state_dtype(p) != p.dtype]
             originals = [params[i] for i in low_precision]
             for i in low_precision:
                 params[i] = params[i].float()
@@ -427,6 +446,13 @@ class OptlabOptimizer(Optimizer):
                 raise ValueError(
                     f"checkpoint param group {index} has {len(saved['params'])} parameters, "
                     f"this {name}'s has {len(group['params'])}"
+                )
+            foreign = sorted((set(saved) & _other_optimizers_hparams()) - set(self.defaults))
+            if foreign:
+                raise ValueError(
+                    f"checkpoint param group {index} has {foreign}, options {name} does not "
+                    f"take; is it another optimizer's checkpoint? ({name} takes "
+                    f"{sorted(self.defaults)})"
                 )
             merged = {**self.defaults, **{k: v for k, v in saved.items() if k != "params"}}
             self._check_all(merged, where=f"checkpoint param group {index}")

@@ -35,7 +35,8 @@ like Adam's 1e-8. The package's advice: eps=1e-8 where SGD beats Adam
 With ``rectify=True`` (the default) and beta2=0.999 the first five steps are
 SGD steps (rho_t < 5), and ``amsgrad`` has no effect on the update: the
 rectified branch divides by ``s``, not ``s_max`` (``s_max`` is still kept,
-as in the reference, so checkpoints move both ways).
+as in the reference, so the reference's checkpoints load and continue; the
+reverse fails in the package itself, whose groups need its own ``buffer``).
 
 Defaults are the package's 0.2.1 defaults: lr=1e-3, betas=(0.9, 0.999),
 eps=1e-16, weight_decay=0, amsgrad=False, weight_decouple=True,

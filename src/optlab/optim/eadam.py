@@ -43,6 +43,7 @@ from ._base import (
     OptlabOptimizer,
     check_betas,
     check_bool,
+    check_interval,
     check_nonnegative,
     foreach_grads,
     group_by_device_and_dtype,
@@ -232,7 +233,8 @@ class EAdam(OptlabOptimizer):
     def _check_hparams(self, group) -> None:
         check_nonnegative("lr", group["lr"])
         check_betas(group["betas"])
-        check_nonnegative("eps", group["eps"])
+        # eps is EAdam's only guard against 0/0 where a gradient is zero: it must be > 0.
+        check_interval("eps", group["eps"], 0.0, math.inf, closed_low=False)
         check_nonnegative("weight_decay", group["weight_decay"])
         check_bool("amsgrad", group["amsgrad"])
 

@@ -237,8 +237,9 @@ class SGD(OptlabOptimizer):
 
     def _update_group(self, group, params, grads, states, implementation) -> None:
         momentum = group["momentum"]
+        # A checkpoint of torch <= 2.0 stores momentum_buffer=None: no buffer yet.
         momentum_buffers: list[Tensor | None] = [
-            as_real(state["momentum_buffer"]) if "momentum_buffer" in state else None
+            None if state.get("momentum_buffer") is None else as_real(state["momentum_buffer"])
             for state in states
         ]
         sgd(
@@ -260,7 +261,7 @@ class SGD(OptlabOptimizer):
         # parameters that have a gradient, in group order.
         originals = [p for p in group["params"] if p.grad is not None]
         for state, buf, original in zip(states, momentum_buffers, originals, strict=True):
-            if "momentum_buffer" not in state:
+            if state.get("momentum_buffer") is None:
                 state["momentum_buffer"] = (
                     torch.view_as_complex(buf) if torch.is_complex(original) else buf
                 )
