@@ -13,7 +13,9 @@ How the compile cost is kept constant in the number of parameters
 ------------------------------------------------------------------
 
 - One kernel per *signature*: (rule, static flags such as ``amsgrad`` or
-  ``maximize``, device type, dtype). It is traced once with ``dynamic=True``
+  ``maximize``, device type, dtype; on CPU also single- or multi-threaded,
+  below or above :data:`SERIAL_MAX_NUMEL` elements, as ATen's own fused
+  kernels split work). It is traced once with ``dynamic=True``
   on 1-D scratch tensors, so the element count is a symbol: the same kernel
   serves every parameter of every shape. 64 or 500 parameter tensors cost
   one compile, not 64 or 500.
@@ -30,12 +32,14 @@ How the compile cost is kept constant in the number of parameters
   here instead: a kernel is looked up by its signature, and only contiguous
   tensors of that device and dtype reach it. The layout checks of the
   generated code are switched off so that contiguous N-D tensors are passed
-  as they are (the kernel indexes them linearly; creating 1-D views would
-  cost a few microseconds per tensor per step). Before first use, each
-  kernel is checked against the eager rule on scratch tensors; should a
-  torch version change the generated code so that this check fails, the
-  kernel is called through Dynamo instead (correct, slower) and a debug log
-  says so.
+  as they are (the C++ kernel indexes them linearly; creating 1-D views
+  costs a few microseconds per tensor per step on a small CPU). Before
+  first use, each kernel is checked against the eager rule on N-D scratch
+  tensors; where that fails (Triton kernels check dimensions themselves) it
+  is checked again with 1-D views, which are then passed; should both fail
+  with some torch version, the kernel is called through Dynamo (correct,
+  slower) and a debug log says so. Tensors that are not contiguous run the
+  same rule eagerly.
 - No per-step temporaries: the kernel writes into ``p`` and the state in
   place; the only allocation per step is the float64 scalar vector.
 
