@@ -455,9 +455,9 @@ def _kernel(
 SERIAL_MAX_NUMEL = 32768
 
 
-def _signature(param: Tensor) -> tuple[torch.device, torch.dtype, bool]:
-    serial = param.device.type == "cpu" and param.numel() < SERIAL_MAX_NUMEL
-    return (param.device, param.dtype, serial)
+def _signature(param: Tensor) -> tuple[int, torch.dtype, bool]:
+    """What picks a parameter's kernel: device index (-1: CPU), dtype, serial variant."""
+    return (param.get_device(), param.dtype, param.is_cpu and param.numel() < SERIAL_MAX_NUMEL)
 
 
 def fused_update(
@@ -488,12 +488,14 @@ def fused_update(
     keys = [None] * count if keys is None else keys
     present = tuple(lists is not None for lists in tensors)
     # Compile every kernel this call needs before any tensor changes.
-    kernels: dict[tuple[torch.device, torch.dtype, bool], _Kernel] = {}
+    kernels: dict[tuple[int, torch.dtype, bool], _Kernel] = {}
     signatures = [_signature(param) for param in params]
     for index, signature in enumerate(signatures):
         if signature not in kernels:
             num_scalars = len(scalars(keys[index]))
-            kernels[signature] = _kernel(rule, flags, present, *signature, num_scalars)
+            _, dtype, serial = signature
+            device = params[index].device
+            kernels[signature] = _kernel(rule, flags, present, device, dtype, serial, num_scalars)
     # Runs of tensors sharing a kernel and a scalar vector (one run, usually).
     runs: dict[tuple[Any, ...], list[int]] = {}
     for index, run_key in enumerate(zip(signatures, keys, strict=True)):
@@ -501,12 +503,13 @@ def fused_update(
     is_contiguous = Tensor.is_contiguous
     given = [lists for lists in tensors if lists is not None]
     for (signature, key), indices in runs.items():
-        runner = kernels[signature].runner()
-        vector = torch.tensor(list(scalars(key)), dtype=torch.float64, device=signature[0])
+        kernel = kernels[signature]
+        runner = kernel.runner()
+        vector = torch.tensor(list(scalars(key)), dtype=torch.float64, device=kernel.device)
+        run_lists = given if len(indices) == count else [[x[i] for i in indices] for x in given]
         # Grads match their parameter's dtype, device and shape (autograd and the
         # ``.grad`` setter check it) and the state is ours: only the layout is checked.
-        for index in indices:
-            tensor_set = tuple(lists[index] for lists in given)
+        for tensor_set in zip(*run_lists, strict=True):
             if all(map(is_contiguous, tensor_set)):
                 if tensor_set[0].numel():
                     runner(tensor_set, vector)
