@@ -119,7 +119,11 @@ def _multi_tensor_yogi(
         torch._foreach_add_(run_exp_avgs, run_grads, alpha=1 - beta1)
         grad_sqs = torch._foreach_mul(run_grads, run_grads)
         signs = torch._foreach_sub(run_exp_avg_sqs, grad_sqs)
-        torch._foreach_sign_(signs)
+        if all(type(sign) is Tensor for sign in signs):
+            torch._foreach_sign_(signs)
+        else:  # DTensor (FSDP2): torch 2.11 has no sharding rule for _foreach_sign_
+            for sign in signs:
+                sign.sign_()
         torch._foreach_addcmul_(run_exp_avg_sqs, signs, grad_sqs, -(1 - beta2))
         del signs, grad_sqs
 
