@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -133,6 +135,26 @@ def test_train_distributed_without_a_group_says_how_to_get_one():
         distributed.train_distributed(SPECS["quadratic-no-targets"])
 
 
+def test_close_after_an_interrupted_run_ends_the_followers_without_raising(monkeypatch):
+    """The driver interrupted mid-run: followers wait inside a collective forever, so
+    close() must not broadcast to them (gloo raised "Connection closed by peer")."""
+    session = distributed.start(nproc=2, timeout=timedelta(minutes=3))
+    assert session is not None
+    follower = session._followers[0]
+
+    def interrupted(spec, **_):  # the follower got the spec and waits in the first step
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distributed, "train_distributed", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        session.train(SPECS["digits-mlp-equal-shares"])
+    started = time.monotonic()
+    session.close()
+    assert time.monotonic() - started < 60
+    assert not follower.is_alive()
+    assert not dist.is_initialized()
+
+
 def test_compare_refuses_jobs_with_nproc(capsys):
     code = main(["compare", "--task", "cancer-logreg", "--jobs", "2", "--nproc", "2"])
     assert code == 2
@@ -183,3 +205,54 @@ def test_compare_under_torchrun_stores_the_one_process_results(tmp_path):
         tmp_path / "torchrun",
     )
     _assert_store_equals_one_process(tmp_path / "torchrun")
+
+
+# Ctrl-C: the terminal sends SIGINT to the whole foreground process group. Each run
+# takes a few seconds, so the interrupt lands while the follower trains run 2.
+INTERRUPTED_STUDY = ["--task", "digits-mlp", "--optimizers", "adam,sgd", "--seeds", "1"]
+INTERRUPTED_STUDY += ["--epochs", "25", "-q", "--nproc", "2"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_nproc_is_one_line_and_exit_130_and_the_same_command_resumes(tmp_path):
+    out = tmp_path / "interrupted"
+    command = [sys.executable, "-m", "optlab.cli", "compare", *INTERRUPTED_STUDY]
+    command += ["--out", str(out)]
+    env = {**os.environ, "OPTLAB_NUM_THREADS": "1"}
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
+        env.pop(name, None)
+    process = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell job has
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not list((out / "runs").glob("*.json")):
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no run finished within 180 s"
+            time.sleep(0.05)
+        first = {path.name: path.read_bytes() for path in (out / "runs").glob("*.json")}
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert process.returncode == 130, stderr[-3000:]
+    assert lines[1:] == [
+        f"optlab compare: interrupted; finished runs are kept in {out}: run the same "
+        "command to resume"
+    ], stderr[-3000:]
+    assert lines[0].startswith("optlab compare: digits-mlp")
+
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    results = Store.open_existing(out).results()
+    assert sorted(result.spec.optimizer for result in results) == ["adam", "sgd"]
+    for name, content in first.items():  # the finished run was kept, not trained again
+        assert (out / "runs" / name).read_bytes() == content

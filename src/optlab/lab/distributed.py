@@ -18,6 +18,15 @@ followers; then every rank trains that run together
 (:class:`DistributedTrainingRun`). Followers never touch the store; when the
 driver closes the session they leave.
 
+Ctrl-C: the terminal sends SIGINT to every process of the foreground group,
+but only the driver decides. Followers ignore SIGINT (spawned ones from
+birth). When the driver is interrupted in the middle of a run, the
+followers are waiting inside a collective that will never complete, so
+:meth:`Session.close` does not broadcast to them: it terminates the local
+followers (``--nproc``); followers elsewhere (torchrun) see the driver's
+connection close and leave quietly. Finished runs are already in the store,
+so running the same command again resumes.
+
 How a run is split so that N processes give the 1-process numbers (to
 float32 rounding):
 
@@ -46,9 +55,13 @@ noisy quadratic match it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
+import threading
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -225,6 +238,8 @@ class Session:
         self.threads = threads
         self._followers = followers or []
         self._closed = False
+        # Driver: whether every follower is waiting for the next message (not inside a run).
+        self._followers_waiting = True
 
     @property
     def is_driver(self) -> bool:
@@ -234,43 +249,104 @@ class Session:
         """Driver only: train ``spec`` on every rank and return the result."""
         if not self.is_driver:
             raise RuntimeError("Session.train runs on rank 0; other ranks call serve()")
+        self._followers_waiting = False
         _broadcast({"spec": spec.to_dict()})
-        return train_distributed(spec, progress=False, threads=self.threads)
+        result = train_distributed(spec, progress=False, threads=self.threads)
+        self._followers_waiting = True  # not reached when the run raised or was interrupted
+        return result
 
     def serve(self) -> None:
-        """Follower: train every run the driver sends; return when it closes the session."""
+        """Follower: train every run the driver sends; return when it closes the session.
+
+        SIGINT is ignored while serving (the driver decides what Ctrl-C does). If
+        the driver goes away without closing (interrupted, or failed), the next
+        collective fails and the follower leaves quietly: the driver reports.
+        """
         if self.is_driver:
             raise RuntimeError("Session.serve runs on ranks other than 0")
-        while True:
-            message = _broadcast(None)
-            if message is None:
-                break
-            spec = RunSpec.from_dict(message["spec"])
-            try:
-                train_distributed(spec, progress=False, threads=self.threads)
-            except Exception:  # the driver raised the same or was told; keep serving
-                logger.exception("rank %d: run %s failed", self.rank, spec.key())
-        self._closed = True
-        dist.destroy_process_group()
+        with _sigint_ignored():
+            failure: str | None = None
+            while True:
+                try:
+                    message = _broadcast(None)
+                except Exception as error:  # the driver left without closing the session
+                    logger.info(
+                        "rank %d: the driver left (%s)%s; leaving",
+                        self.rank,
+                        error,
+                        "" if failure is None else f" during the run that failed: {failure}",
+                    )
+                    break
+                if failure is not None:  # the driver went on: it saw the failure too
+                    logger.warning("rank %d: %s", self.rank, failure)
+                    failure = None
+                if message is None:
+                    break
+                spec = RunSpec.from_dict(message["spec"])
+                try:
+                    train_distributed(spec, progress=False, threads=self.threads)
+                except Exception as error:  # reported once we know whether the driver lives
+                    failure = f"run {spec.key()} failed: {type(error).__name__}: {error}"
+            self._closed = True
+            _leave_group()
 
     def close(self) -> None:
-        """Driver: tell the followers to leave, wait for local ones, leave the group."""
+        """Driver: let the followers go, leave the group. Safe after an interrupted run.
+
+        Followers waiting for a message are told to leave. Followers caught inside
+        a run (the driver was interrupted or failed mid-run) cannot be told, so
+        local ones are terminated and remote ones leave when the connection closes.
+        """
         if self._closed:
             return
         self._closed = True
-        if self.is_driver:
-            _broadcast(None)
-        dist.destroy_process_group()
-        for process in self._followers:
-            process.join(timeout=60)
-            if process.is_alive():  # pragma: no cover - only when a follower hangs
-                process.terminate()
+        with _sigint_ignored():  # a second Ctrl-C must not leave followers behind
+            told = False
+            if self.is_driver and self._followers_waiting:
+                try:
+                    _broadcast(None)
+                    told = True
+                except Exception as error:  # a follower died: nothing to tell it
+                    logger.info("closing the session: %s", error)
+            if not told:
+                for process in self._followers:
+                    process.terminate()
+            _leave_group()
+            for process in self._followers:
+                process.join(timeout=60)
+                if process.is_alive():  # pragma: no cover - only when a follower hangs
+                    process.kill()
+                    process.join(timeout=10)
 
     def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored inside (and in processes started inside: the setting is inherited).
+
+    Only the main thread may change signal handlers; elsewhere nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _leave_group() -> None:
+    """Destroy the default process group; a peer that already left is not an error here."""
+    try:
+        dist.destroy_process_group()
+    except Exception as error:
+        logger.info("leaving the process group: %s", error)
 
 
 def _broadcast(message: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -283,6 +359,7 @@ def _broadcast(message: dict[str, Any] | None) -> dict[str, Any] | None:
 def _follower_main(
     rank: int, world_size: int, port: int, threads: int | None, timeout: timedelta
 ) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited already; the driver decides
     store = dist.TCPStore("127.0.0.1", port, world_size=world_size, timeout=timeout)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size, timeout=timeout)
     Session(threads=threads).serve()
@@ -341,8 +418,9 @@ def start(
         )
         for rank in range(1, nproc)
     ]
-    for process in followers:
-        process.start()
+    with _sigint_ignored():  # followers inherit it: a Ctrl-C while they import is not theirs
+        for process in followers:
+            process.start()
     try:
         dist.init_process_group("gloo", store=store, rank=0, world_size=nproc, timeout=timeout)
     except BaseException:
