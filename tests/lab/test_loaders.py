@@ -27,7 +27,7 @@ from optlab.lab.data import (
     read_idx,
 )
 from optlab.lab.runs import RunSpec
-from optlab.lab.tasks import _crop_and_flip
+from optlab.lab.tasks import _crop_and_flip, get_task
 from optlab.lab.train import train
 
 MNIST_NAMES = {
@@ -110,7 +110,14 @@ def test_mnist_cnn_trains_a_few_steps_on_tiny_idx_files(tmp_path):
     )
     assert result.status == "ok"
     assert [row["step"] for row in result.history] == [0, 3, 6]
-    assert result.info["train_examples"] == 48 and result.info["test_examples"] == 20
+    # The last sixth of the training file (8 of 48) is held out for validation.
+    assert result.info["train_examples"] == 40 and result.info["test_examples"] == 20
+    assert result.info["valid_examples"] == 8 and result.info["validation"] == "held-out"
+    problem = get_task("mnist-cnn").build(0, str(tmp_path))
+    arrays = load_mnist(tmp_path)
+    assert np.array_equal(problem.train.inputs.numpy(), arrays[0][:40])
+    assert np.array_equal(problem.valid.inputs.numpy(), arrays[0][40:])
+    assert np.array_equal(problem.valid.targets.numpy(), arrays[1][40:])
     assert all(0.0 <= row["metric"] <= 1.0 for row in result.history)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
 
@@ -262,7 +269,13 @@ def test_cifar_resnet_trains_a_few_steps_on_tiny_batches(tmp_path):
     )
     assert result.status == "ok"
     assert [row["step"] for row in result.history] == [0, 4]
-    assert result.info["train_examples"] == 30 and result.info["test_examples"] == 10
+    # The last tenth of the training batches (3 of 30) is held out for validation.
+    assert result.info["train_examples"] == 27 and result.info["test_examples"] == 10
+    assert result.info["valid_examples"] == 3
+    problem = get_task("cifar10-resnet").build(0, str(tmp_path))
+    train_x, train_y, _, _ = load_cifar10(tmp_path)
+    assert np.array_equal(problem.valid.inputs.numpy(), train_x[27:])
+    assert np.array_equal(problem.valid.targets.numpy(), train_y[27:])
 
 
 def test_crop_and_flip_matches_a_per_image_reference():

@@ -19,8 +19,12 @@ from optlab.lab.study import StudySpec, run_study
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def run_with(metrics, *, seed=0, lr=1e-3, status="ok", higher=True, seconds=0.25):
+def run_with(
+    metrics, *, seed=0, lr=1e-3, status="ok", higher=True, seconds=0.25, valid=None, info=None
+):
+    """A fake run with test metrics ``metrics`` (validation: ``valid``, by default 0.9 x)."""
     spec = RunSpec("digits-mlp", "adam", {"lr": lr}, seed=seed, epochs=len(metrics) - 1)
+    valid = [0.9 * value for value in metrics] if valid is None else valid
     history = [
         {
             "epoch": float(i),
@@ -28,13 +32,15 @@ def run_with(metrics, *, seed=0, lr=1e-3, status="ok", higher=True, seconds=0.25
             "examples": 100 * i,
             "lr": lr,
             "train_loss": 1.0 / (i + 1),
+            "valid_loss": 1.1 / (i + 1),
+            "valid_metric": valid[i],
             "test_loss": 1.2 / (i + 1),
             "metric": value,
             "wall_time": seconds * i,
         }
         for i, value in enumerate(metrics)
     ]
-    return RunResult(spec, history, "accuracy", higher, status, seconds, {})
+    return RunResult(spec, history, "accuracy", higher, status, seconds, dict(info or {}))
 
 
 def fake_trainer(spec: RunSpec) -> RunResult:
@@ -72,6 +78,71 @@ def test_summary_statistics_match_a_hand_computation():
     assert row.seconds_to_target_mean == pytest.approx((0.2 * 2 + 0.4 * 3) / 2)
     assert row.hparams["lr"] == 1e-3 and row.hparams["betas"] == (0.9, 0.999)  # defaults named
     assert "foreach" not in row.hparams
+    assert row.final_valid_mean == pytest.approx(0.9 * statistics.mean([0.94, 0.97, 0.40]))
+
+
+def test_summary_names_the_hyper_parameters_a_run_recorded_not_todays_defaults():
+    # The record says eps was 1e-6 and maximize True (defaults: 1e-8, False).
+    recorded = {"lr": 1e-3, "betas": [0.9, 0.999], "eps": 1e-6, "weight_decay": 0.0,
+                "amsgrad": False, "maximize": True, "foreach": None, "fused": None}  # fmt: skip
+    runs = [run_with([0.1, 0.9], seed=s, info={"hparams": recorded}) for s in range(2)]
+    row = summarize_runs(
+        "digits-mlp", "adam", {"lr": 1e-3, "maximize": True}, runs, target=0.95,
+        metric="accuracy", higher_is_better=True,
+    )  # fmt: skip
+    assert row.hparams["eps"] == 1e-6 and row.hparams["betas"] == (0.9, 0.999)
+    assert row.hparams["maximize"] is True
+    assert "foreach" not in row.hparams and "fused" not in row.hparams  # implementation, implicit
+
+
+def test_maximize_and_explicit_implementation_flags_reach_the_table_and_the_csv(tmp_path):
+    study = StudySpec(
+        "digits-mlp", ("adam",), hparams={"maximize": True, "foreach": False}, seeds=(0,), epochs=2
+    )
+    run_study(study, tmp_path, trainer=fake_trainer)
+    report = write_report(tmp_path)
+    assert "maximize=True" in report.text() and "foreach=False" in report.text()
+    (row,) = csv.DictReader(open(tmp_path / "summary.csv"))
+    assert row["hp_maximize"] == "True" and row["hp_foreach"] == "False"
+    assert "hp_fused" not in row  # not given: an implementation choice, not shown
+
+
+def test_curve_bands_are_the_sample_std_of_the_tables():
+    from optlab.lab.plots import curve_band
+
+    runs = [run_with([0.1, 0.5, v]) for v in (0.9, 0.7, 0.8)] + [run_with([0.2, 0.6])]
+    epochs, mean, std = curve_band(runs, "metric")
+    assert list(epochs) == [0.0, 1.0, 2.0]
+    assert mean[2] == pytest.approx(0.8) and std[2] == pytest.approx(
+        statistics.stdev([0.9, 0.7, 0.8])
+    )
+    assert std[0] == pytest.approx(statistics.stdev([0.1, 0.1, 0.1, 0.2]))
+    _, _, single = curve_band(runs[:1], "metric")
+    assert all(math.isnan(value) for value in single)  # one seed: no spread to show
+
+
+def test_lr_sensitivity_plot_shows_the_validation_metric_tuning_selected_on(tmp_path, monkeypatch):
+    from optlab.lab import plots
+
+    drawn = {}
+
+    def capture(figure, path):
+        axis = figure.axes[0]
+        drawn["ylabel"] = axis.get_ylabel()
+        line = next(line for line in axis.get_lines() if line.get_label() == "adam")
+        drawn["y"] = list(line.get_ydata())
+        return path
+
+    monkeypatch.setattr(plots, "_save", capture)
+    runs = [
+        run_with([0.1, 0.8], lr=1e-3, valid=[0.1, 0.6]),
+        run_with([0.1, 0.7], lr=1e-2, valid=[0.1, 0.9]),
+    ]
+    plots.plot_lr_sensitivity(
+        [("adam", runs, 1e-2)], tmp_path / "x.png", title="t",
+        label="final validation accuracy", higher_is_better=True,
+    )  # fmt: skip
+    assert drawn["y"] == [0.6, 0.9] and drawn["ylabel"] == "final validation accuracy"
 
 
 def test_lower_is_better_targets_count_values_at_or_below_the_target():
@@ -131,6 +202,12 @@ def test_report_writes_table_csv_plots_and_markdown(tuned_dir):
     assert "plots/digits-mlp-curves.png" in markdown and "lr-sensitivity" in markdown
     assert "torch" in markdown and "python" in markdown  # versions and machine
     assert "Diverged runs" in markdown and "lr=3" in markdown
+    assert "by the final validation accuracy" in markdown
+    assert "chosen on held-out validation data, never on the test data" in markdown
+    assert float(rows[0]["final_valid_mean"]) == pytest.approx(
+        statistics.mean(run.final["valid_metric"] for run in finals)
+    )
+    assert rows[0]["validation"] == "held-out"
     assert pd.read_csv(tuned_dir / "summary.csv").shape[0] == 2
 
 

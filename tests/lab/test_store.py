@@ -33,6 +33,8 @@ def make_result(seed: int = 0, lr: float = 1e-3, *, status: str = "ok", rows: in
             "examples": 50 * i,
             "lr": lr,
             "train_loss": 2.0 / (i + 1),
+            "valid_loss": 2.05 / (i + 1),
+            "valid_metric": 0.25 * i,
             "test_loss": 2.1 / (i + 1),
             "metric": 0.3 * i,
             "wall_time": 0.5 * i,
@@ -188,8 +190,63 @@ def test_two_writers_on_one_directory_are_refused(tmp_path):
 
 
 def test_open_existing_needs_the_directory(tmp_path):
-    with pytest.raises(StoreError, match="does not exist"):
+    with pytest.raises(StoreError, match="does not exist; give the directory that optlab"):
         Store.open_existing(tmp_path / "missing")
+
+
+def test_reading_errors_advise_reading_and_writing_errors_advise_writing(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(StoreError) as error:
+        Store.open_existing(tmp_path / "file.txt")
+    assert "is a file, not a results directory" in str(error.value)
+    assert "does not exist" not in str(error.value)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError) as error:
+        Store.open_existing(foreign)
+    assert "nothing to report; give the directory that optlab compare wrote" in str(error.value)
+    assert "refusing to write" not in str(error.value)
+    with pytest.raises(StoreError, match="refusing to write into it: choose a new or empty"):
+        Store.open(foreign)
+
+
+def test_a_damaged_study_file_is_found_on_opening_with_a_remedy_for_the_command(tmp_path):
+    store = Store.open(tmp_path)
+    store.put(make_result())
+    (tmp_path / "study.json").write_text('{"study": ')
+    with pytest.raises(StoreError) as error:
+        Store.open(tmp_path)
+    assert "study.json" in str(error.value)
+    assert "move it away and run the command again" in str(error.value)
+    with pytest.raises(StoreError) as error:
+        Store.open_existing(tmp_path)
+    assert "move it away to report the run records without it" in str(error.value)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_files_are_created_with_the_umask_not_0600(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        store = Store.open(tmp_path / "out")
+        record = store.put(make_result())
+        store.write_study({"study": None})
+        plain = tmp_path / "plain.txt"
+        plain.write_text("what open() gives")  # the oracle: an ordinary file
+    finally:
+        os.umask(previous)
+    expected = plain.stat().st_mode & 0o777
+    assert expected == 0o666 & ~umask
+    for path in (record, tmp_path / "out" / MANIFEST_NAME, tmp_path / "out" / "study.json"):
+        assert path.stat().st_mode & 0o777 == expected, path.name
+
+
+def test_results_of_an_older_format_version_are_refused_not_mixed(tmp_path):
+    Store.open(tmp_path).put(make_result())
+    manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({**manifest, "version": 1}))
+    with pytest.raises(StoreError, match="format version 1; this optlab reads version 2 only"):
+        Store.open(tmp_path)
 
 
 def test_load_records_gives_one_row_per_evaluation_with_spec_columns(tmp_path):

@@ -25,8 +25,18 @@ from optlab.lab.study import (
 # ----------------------------------------------------------------- fakes
 
 
-def result_for(spec: RunSpec, final: float, *, status: str = "ok", higher: bool = True):
+def result_for(
+    spec: RunSpec,
+    final: float,
+    *,
+    status: str = "ok",
+    higher: bool = True,
+    test: float | None = None,
+):
+    """A fake run whose validation metric rises to ``final`` (and its test metric to
+    ``test``, by default the same)."""
     epochs = spec.epochs or 2
+    test = final if test is None else test
     history = [
         {
             "epoch": float(e),
@@ -34,8 +44,10 @@ def result_for(spec: RunSpec, final: float, *, status: str = "ok", higher: bool 
             "examples": 100 * e,
             "lr": spec.hparams.get("lr", 1e-3),
             "train_loss": 1.0 / (e + 1),
+            "valid_loss": 1.05 / (e + 1),
+            "valid_metric": final * e / epochs,
             "test_loss": 1.1 / (e + 1),
-            "metric": final * e / epochs,
+            "metric": test * e / epochs,
             "wall_time": 0.01 * e,
         }
         for e in range(epochs + 1)
@@ -124,7 +136,13 @@ def test_study_spec_round_trips_through_its_dict():
         ({"seeds": ()}, "at least one seed"),
         ({"epochs": 0}, "epochs must be an integer >= 1, got 0"),
         ({"hparams": {"betas": (0.9, 0.99)}, "optimizers": ("adam", "sgd")}, "sgd"),
-        ({"hparams": {"lr": -1.0}}, "lr"),
+        ({"hparams": {"lr": -1.0}}, "adam: lr must be a finite number >= 0, got -1.0"),
+        ({"tune": "lr", "lr_grid": (1e-3, -0.1)}, "lr_grid must hold finite learning rates > 0"),
+        (
+            {"task": "quadratic-deep", "batch_size": 5000},
+            "batch_size must be at most 1000 (the training examples of task quadratic-deep",
+        ),
+        ({"task": "mnist-cnn"}, "task mnist-cnn reads its data from files: give data_dir"),
         ({"hparams": {"lr": 0.1}, "tune": "lr"}, "both fixed"),
         ({"schedule": "sometimes"}, "unknown schedule 'sometimes'"),
         ({"tuner": "random"}, "tuner must be one of grid, optuna"),
@@ -166,6 +184,35 @@ def test_select_best_never_picks_a_diverged_run_or_a_nan_metric():
     ]
     assert select_best(runs).spec.hparams["lr"] == 1e-3
     assert select_best(runs[1:]) is None
+
+
+def test_select_best_chooses_on_the_validation_metric_never_the_test_metric():
+    # The test metric would pick 1e-1; the validation metric picks 1e-2.
+    runs = [
+        result_for(_spec(1e-3), 0.70, test=0.75),
+        result_for(_spec(1e-2), 0.90, test=0.80),
+        result_for(_spec(1e-1), 0.85, test=0.95),
+    ]
+    assert select_best(runs).spec.hparams["lr"] == 1e-2
+    # A run whose validation metric is not finite cannot win, whatever its test metric.
+    runs.append(result_for(_spec(1.0), math.nan, test=0.99))
+    assert select_best(runs).spec.hparams["lr"] == 1e-2
+
+
+def test_grid_tuning_reruns_the_validation_winner_and_reports_its_test_metric(tmp_path):
+    def trainer(spec: RunSpec) -> RunResult:
+        lr = spec.hparams["lr"]
+        # Validation peaks at 1e-2, test at 1e-1: tuning on the test set would choose 1e-1.
+        valid = {1e-3: 0.6, 1e-2: 0.9, 1e-1: 0.7}[lr]
+        test = {1e-3: 0.6, 1e-2: 0.8, 1e-1: 0.95}[lr] + 0.01 * spec.seed
+        return result_for(spec, valid, test=test)
+
+    study = StudySpec(
+        "digits-mlp", ("adam",), seeds=(0, 1), epochs=2, tune="lr", lr_grid=(1e-3, 1e-2, 1e-1)
+    )
+    (part,) = run_study(study, tmp_path / "out", trainer=trainer).optimizers
+    assert part.hparams == {"lr": 1e-2}
+    assert [run.final["metric"] for run in part.runs] == pytest.approx([0.8, 0.81])
 
 
 def test_select_best_breaks_ties_towards_the_smaller_learning_rate():

@@ -87,17 +87,24 @@ def test_digits_split_is_fixed_stratified_and_covers_the_data_once():
     problem_a = get_task("digits-mlp").build(seed=0)
     problem_b = get_task("digits-cnn").build(seed=5)
     assert torch.equal(problem_a.test.targets, problem_b.test.targets)
-    assert len(problem_a.train) + len(problem_a.test) == len(labels) == 1797
-    assert len(problem_a.test) == 450
-    # Stratified: each class's share of the test set is a quarter of it, to rounding.
+    assert torch.equal(problem_a.valid.targets, problem_b.valid.targets)  # seed-independent
+    assert torch.equal(problem_a.train.inputs, problem_b.train.inputs)
+    sizes = len(problem_a.train), len(problem_a.valid), len(problem_a.test)
+    assert sizes == (1077, 270, 450) and sum(sizes) == len(labels) == 1797
+    # Stratified: the test set holds a quarter of each class and validation a fifth of the
+    # rest, to rounding.
     for digit in range(10):
+        count = int((labels == digit).sum())
         in_test = int((problem_a.test.targets == digit).sum())
-        assert abs(in_test - 0.25 * (labels == digit).sum()) <= 1
-    # The inputs are the images scaled to [0, 1], and train + test is the whole data.
-    rows = torch.cat([problem_a.train.inputs, problem_a.test.inputs]).numpy() * 16.0
-    all_rows = np.concatenate(
-        [rows, np.concatenate([problem_a.train.targets, problem_a.test.targets])[:, None]], 1
-    )
+        in_valid = int((problem_a.valid.targets == digit).sum())
+        assert abs(in_test - 0.25 * count) <= 1
+        assert abs(in_valid - 0.2 * (count - in_test)) <= 1
+    # The inputs are the images scaled to [0, 1]; train + valid + test is the whole data,
+    # each image exactly once.
+    parts = [problem_a.train, problem_a.valid, problem_a.test]
+    rows = torch.cat([part.inputs for part in parts]).numpy() * 16.0
+    targets = torch.cat([part.targets for part in parts]).numpy()
+    all_rows = np.concatenate([rows, targets[:, None]], 1)
     expected = np.concatenate([images, labels[:, None]], 1)
     assert sorted(map(tuple, np.round(all_rows, 4))) == sorted(map(tuple, expected))
     # The CNN sees 1x8x8 images.
@@ -105,9 +112,56 @@ def test_digits_split_is_fixed_stratified_and_covers_the_data_once():
     assert inputs.shape == (3, 1, 8, 8)
 
 
+def test_digits_history_records_validation_accuracy_on_the_held_out_images():
+    result = run("digits-mlp", epochs=4)
+    assert result.info["validation"] == "held-out"
+    assert result.info["train_examples"] == 1077 and result.info["valid_examples"] == 270
+    # Oracle: the trained model is not at hand, so check the untrained one (seed 0).
+    problem = get_task("digits-mlp").build(seed=0)
+    with torch.no_grad():
+        outputs = problem.model(problem.valid.inputs)
+        loss = torch.nn.functional.cross_entropy(outputs, problem.valid.targets).item()
+        accuracy = int((outputs.argmax(1) == problem.valid.targets).sum()) / 270
+    first = result.history[0]
+    assert first["valid_loss"] == pytest.approx(loss, rel=1e-6)
+    assert first["valid_metric"] == pytest.approx(accuracy, abs=1e-9)
+    assert first["valid_metric"] != first["metric"]  # a different set of images
+    assert result.history[-1]["valid_metric"] > 0.85
+
+
+def test_tasks_without_held_out_data_validate_on_the_whole_training_objective():
+    for name in ("diabetes-linreg", "cancer-logreg", "quadratic-deep"):
+        task = get_task(name)
+        assert task.validation == "train", name
+        problem = task.build(seed=0)
+        assert problem.valid is None
+    # quadratic-deep: valid_loss is the mean loss over all 1000 training points, written
+    # out with numpy; the test loss is over the separate 1000 test points.
+    problem = get_task("quadratic-deep").build(seed=0)
+    hessian = problem.model.hessian.double().numpy()
+    theta = np.ones(100)
+    train_x = problem.train.inputs.double().numpy()
+    test_x = problem.test.inputs.double().numpy()
+
+    def mean_loss(points):
+        centred = theta - points
+        return float(np.mean(0.5 * np.einsum("ni,ij,nj->n", centred, hessian, centred)))
+
+    result = train(RunSpec("quadratic-deep", "sgd", {"lr": 1e-3}, epochs=1), progress=False)
+    first = result.history[0]
+    assert first["valid_loss"] == pytest.approx(mean_loss(train_x), rel=1e-5)
+    assert first["valid_metric"] == first["valid_loss"]
+    assert first["test_loss"] == pytest.approx(mean_loss(test_x), rel=1e-5)
+    assert result.info["validation"] == "train" and result.info["valid_examples"] == 1000
+    # cancer-logreg: validation is the gap of the training objective (here also the test).
+    result = run("cancer-logreg", epochs=1, lr=1e-2)
+    for row in result.history:
+        assert row["valid_metric"] == row["metric"] and row["valid_loss"] == row["test_loss"]
+
+
 @pytest.mark.parametrize("task", ["digits-mlp", "digits-cnn"])
 def test_digits_tasks_reach_90_percent_test_accuracy_with_adam(task):
-    result = run(task, epochs=5)
+    result = run(task, epochs=7)
     assert result.status == "ok"
     assert result.history[0]["metric"] < 0.3  # untrained: chance level
     assert result.history[-1]["metric"] > 0.9

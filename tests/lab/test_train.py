@@ -18,7 +18,10 @@ from optlab.lab.schedules import list_schedules, make_schedule
 from optlab.lab.tasks import get_task
 from optlab.lab.train import THREADS_ENV, ProgressUpdate, TrainingRun, train
 
-ROW_KEYS = {"epoch", "step", "examples", "lr", "train_loss", "test_loss", "metric", "wall_time"}
+ROW_KEYS = {
+    "epoch", "step", "examples", "lr", "train_loss", "valid_loss", "valid_metric", "test_loss",
+    "metric", "wall_time",
+}  # fmt: skip
 
 
 def without_times(result: RunResult) -> tuple[list[dict], dict]:
@@ -40,14 +43,23 @@ def test_history_equals_a_plain_pytorch_loop_with_torch_adam():
     model = problem.model
     inputs, targets = problem.train.inputs, problem.train.targets
     test_inputs, test_targets = problem.test.inputs, problem.test.targets
+    valid_inputs, valid_targets = problem.valid.inputs, problem.valid.targets
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
+
+    def evaluation(inputs, targets):
+        outputs = model(inputs)
+        return (
+            F.cross_entropy(outputs, targets).item(),
+            (outputs.argmax(1) == targets).sum().item() / len(targets),
+        )
+
     with torch.no_grad():
         rows = [
             (
                 F.cross_entropy(model(inputs), targets).item(),
-                F.cross_entropy(model(test_inputs), test_targets).item(),
-                (model(test_inputs).argmax(1) == test_targets).sum().item() / len(test_targets),
+                *evaluation(valid_inputs, valid_targets),
+                *evaluation(test_inputs, test_targets),
             )
         ]
     for _ in range(epochs):
@@ -64,27 +76,30 @@ def test_history_equals_a_plain_pytorch_loop_with_torch_adam():
             rows.append(
                 (
                     total / len(inputs),
-                    F.cross_entropy(model(test_inputs), test_targets).item(),
-                    (model(test_inputs).argmax(1) == test_targets).sum().item() / len(test_targets),
+                    *evaluation(valid_inputs, valid_targets),
+                    *evaluation(test_inputs, test_targets),
                 )
             )
 
     assert len(result.history) == len(rows) == epochs + 1
-    for row, (train_loss, test_loss, accuracy) in zip(result.history, rows, strict=True):
+    for row, expected in zip(result.history, rows, strict=True):
+        train_loss, valid_loss, valid_accuracy, test_loss, accuracy = expected
         assert row["train_loss"] == pytest.approx(train_loss, rel=1e-5)
+        assert row["valid_loss"] == pytest.approx(valid_loss, rel=1e-5)
+        assert row["valid_metric"] == pytest.approx(valid_accuracy, abs=1e-9)
         assert row["test_loss"] == pytest.approx(test_loss, rel=1e-5)
         assert row["metric"] == pytest.approx(accuracy, abs=1e-9)
 
 
 def test_history_rows_timings_and_info_are_as_documented():
     result = train(RunSpec("digits-mlp", "adam", epochs=3), progress=False)
-    steps_per_epoch = math.ceil(1347 / 32)
+    steps_per_epoch = math.ceil(1077 / 32)  # the training split without its validation part
     assert result.status == "ok"
     assert result.metric == "accuracy" and result.higher_is_better is True
     assert all(set(row) == ROW_KEYS for row in result.history)
     assert [row["epoch"] for row in result.history] == [0.0, 1.0, 2.0, 3.0]
     assert [row["step"] for row in result.history] == [k * steps_per_epoch for k in range(4)]
-    assert [row["examples"] for row in result.history] == [k * 1347 for k in range(4)]
+    assert [row["examples"] for row in result.history] == [k * 1077 for k in range(4)]
     assert all(row["lr"] == 1e-3 for row in result.history)
     times = [row["wall_time"] for row in result.history]
     assert times[0] == 0.0 and all(b > a for a, b in zip(times, times[1:], strict=False))
@@ -197,7 +212,7 @@ def test_trainer_sets_every_groups_lr_from_the_schedule_before_each_step(name):
     spec = RunSpec("digits-mlp", "adamw", {"lr": 0.01}, epochs=2, batch_size=128, schedule=name)
     run = TrainingRun(spec)
     total = run.total_steps
-    assert total == 2 * math.ceil(1347 / 128) and len(run.optimizer.param_groups) == 2
+    assert total == 2 * math.ceil(1077 / 128) and len(run.optimizer.param_groups) == 2
     seen = []
     for epoch in range(run.epochs):
         for inputs, targets in run.batches(epoch):
@@ -242,7 +257,7 @@ def test_progress_callback_gets_every_row_and_marks_the_last():
     assert [u.row for u in updates] == result.history
     assert [u.done for u in updates] == [False, False, True]
     assert [u.step for u in updates] == [row["step"] for row in result.history]
-    assert all(u.total_steps == 2 * 43 and u.spec == result.spec for u in updates)
+    assert all(u.total_steps == 2 * 34 and u.spec == result.spec for u in updates)
 
 
 def test_progress_is_silent_off_a_terminal_and_a_bar_when_asked(capsys):
@@ -308,5 +323,5 @@ def test_a_sharding_subclass_changes_what_the_model_sees_not_the_counts():
 
     run.model.register_forward_hook(record_training_batches)
     result = run.run(progress=False)
-    assert seen == [50] * 13 + [24]
-    assert result.history[-1]["examples"] == 1347
+    assert seen == [50] * 10 + [39]  # 1077 = 10 x 100 + 77
+    assert result.history[-1]["examples"] == 1077

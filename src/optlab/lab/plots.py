@@ -1,11 +1,12 @@
 """PNG plots of a study, drawn from stored results only (matplotlib, Agg backend).
 
 - :func:`plot_curves`: train loss, test loss and the test metric against
-  epochs, one line per optimizer (mean over seeds) with a ±1 std band.
-  Losses and gap metrics use a log scale.
-- :func:`plot_lr_sensitivity`: the final test metric of every tuning run
-  against its learning rate (log scale), the chosen point starred and
-  diverged runs marked with an ``x`` on the axis edge.
+  epochs, one line per optimizer (mean over seeds) with a ±1 sample-std
+  band (ddof 1, as in the tables). Losses and gap metrics use a log scale.
+- :func:`plot_lr_sensitivity`: what tuning selected on (the final
+  validation metric, ``valid_metric``) of every tuning run against its
+  learning rate (log scale), the chosen point starred and diverged runs
+  marked with an ``x`` on the axis edge.
 
 Every optimizer keeps its colour and line style across plots
 (:func:`optimizer_style`); AdaBelief is drawn thick and black.
@@ -57,10 +58,12 @@ def optimizer_color(name: str) -> Any:
 
 
 def curve_band(runs: Sequence[RunResult], column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Epochs, mean and std (ddof 0) of ``column`` over ``runs``, aligned by evaluation index.
+    """Epochs, mean and sample std (ddof 1) of ``column`` over ``runs``, aligned by
+    evaluation index.
 
     Runs that stopped early (diverged) contribute to the rows they have;
-    non-finite values are ignored. Rows with no finite value are NaN.
+    non-finite values are ignored. The mean is NaN where no value is finite,
+    the std where fewer than two are.
     """
     length = max((len(run.history) for run in runs), default=0)
     values = np.full((len(runs), length), np.nan)
@@ -76,7 +79,7 @@ def curve_band(runs: Sequence[RunResult], column: str) -> tuple[np.ndarray, np.n
         total = np.nansum(values, axis=0)
         mean = np.where(counts > 0, total / np.maximum(counts, 1), np.nan)
         squares = np.nansum((values - mean) ** 2, axis=0)
-        std = np.where(counts > 0, np.sqrt(squares / np.maximum(counts, 1)), np.nan)
+        std = np.where(counts > 1, np.sqrt(squares / np.maximum(counts - 1, 1)), np.nan)
     return epochs, mean, std
 
 
@@ -122,7 +125,7 @@ def plot_curves(
             color = style["color"]
             axis.plot(epochs, mean, label=name, **style)
             if count > 1:
-                low, high = mean - std, mean + std
+                low, high = mean - std, mean + std  # NaN (no band) where < 2 seeds remain
                 if log:  # a band reaching below zero is cut at the mean on a log axis
                     low = np.where(low > 0, low, mean)
                 axis.fill_between(epochs, low, high, color=color, alpha=0.18, linewidth=0)
@@ -134,7 +137,7 @@ def plot_curves(
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         figure.legend(handles, labels, loc="outside right center", frameon=False)
-    figure.suptitle(f"{title}: mean ± std over seeds")
+    figure.suptitle(f"{title}: mean ± sample std (ddof 1) over seeds")
     return _save(figure, path)
 
 
@@ -143,19 +146,22 @@ def plot_lr_sensitivity(
     path: str | Path,
     *,
     title: str,
-    metric: str,
+    label: str,
     higher_is_better: bool,
     log_metric: bool = False,
+    column: str = "valid_metric",
 ) -> Path:
-    """Final ``metric`` against learning rate for every tuning run.
+    """The final value of ``column`` (what tuning selected on) against learning rate for
+    every tuning run.
 
     Args:
         groups: ``(optimizer name, its tuning runs, chosen lr or None)``.
         path: the PNG to write.
         title: figure title.
-        metric: metric name for the axis label.
+        label: y-axis label, e.g. ``"final validation accuracy"``.
         higher_is_better: where diverged runs are drawn (the bad edge of the axis).
         log_metric: log scale for the metric.
+        column: the history column plotted (default the selection metric).
     """
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(9, 5.4), layout="constrained")
@@ -171,7 +177,7 @@ def plot_lr_sensitivity(
         color = style["color"]
         lrs, values = [], []
         for lr, run in points:
-            value = run.final.get("metric", math.nan)
+            value = run.final.get(column, math.nan)
             if run.status == "ok" and finite(value):
                 lrs.append(lr)
                 values.append(float(value))
@@ -209,7 +215,7 @@ def plot_lr_sensitivity(
     )
     axis.set_xscale("log")
     axis.set_xlabel("learning rate (log scale)")
-    axis.set_ylabel(f"final test {metric}" + (" (log scale)" if axis.get_yscale() == "log" else ""))
+    axis.set_ylabel(label + (" (log scale)" if axis.get_yscale() == "log" else ""))
     axis.grid(True, which="major", alpha=0.3)
     axis.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     axis.set_title(f"{title}: learning-rate sensitivity (one seed per point)")

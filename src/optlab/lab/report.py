@@ -4,14 +4,17 @@
 and writes, next to the records:
 
 - ``summary.csv``: one row per task and optimizer: every hyper-parameter used
-  (``hp_<name>`` columns: the explicit ones plus the optimizer's defaults),
-  the number of seeds and of diverged runs, final and best test metric as
-  mean and sample std over seeds, epochs and seconds to reach the task's
-  target, seconds per epoch;
+  (``hp_<name>`` columns: the values stored in the runs' records, defaults
+  included; options that only choose an implementation, ``foreach``,
+  ``fused``, ``capturable``, ``differentiable``, only when given explicitly),
+  the number of seeds and of diverged runs, final and best test metric and
+  final validation metric as mean and sample std over seeds, epochs and
+  seconds to reach the task's target, seconds per epoch;
 - ``plots/<task>-curves.png``: train/test loss and test metric against
-  epochs, mean ± std bands per optimizer;
-- ``plots/<task>-lr-sensitivity.png``: final metric against learning rate
-  from the tuning runs (tuned studies only);
+  epochs, mean ± sample std bands per optimizer;
+- ``plots/<task>-lr-sensitivity.png``: the selection metric (final
+  validation metric, or training objective for tasks without held-out data)
+  against learning rate from the tuning runs (tuned studies only);
 - ``report.md``: the tables and plots with the exact command, versions and
   machine.
 
@@ -46,9 +49,12 @@ __all__ = [
     "write_report",
 ]
 
-#: Options that choose an implementation, not the algorithm: never shown.
+#: Options that choose an implementation, not the algorithm (results are equal): shown
+#: only when a study sets them explicitly (``--set foreach=False``), where the
+#: seconds per epoch of the implementations may be what is being compared.
+#: ``maximize`` changes the algorithm and is shown like any hyper-parameter.
 IMPLEMENTATION_FLAGS = frozenset(
-    {"maximize", "foreach", "fused", "capturable", "differentiable", "print_change_log"}
+    {"foreach", "fused", "capturable", "differentiable", "print_change_log"}
 )
 
 
@@ -64,19 +70,37 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, std
 
 
-def effective_hparams(optimizer: str, explicit: Mapping[str, Any]) -> dict[str, Any]:
-    """Every hyper-parameter the run used: the registry defaults updated by ``explicit``."""
-    from optlab.optim.registry import get_spec
+def _recorded_hparams(runs: Sequence[RunResult]) -> dict[str, Any] | None:
+    """The hyper-parameters a run stored (``info["hparams"]``: the optimizer's first param
+    group as it trained), from the first run that has them."""
+    for run in runs:
+        recorded = run.info.get("hparams") if isinstance(run.info, Mapping) else None
+        if isinstance(recorded, Mapping) and recorded:
+            return dict(recorded)
+    return None
 
-    try:
-        values = get_spec(optimizer).defaults()
-    except ValueError:  # an optimizer this optlab does not know: show what was stored
-        values = {}
+
+def effective_hparams(
+    optimizer: str, explicit: Mapping[str, Any], runs: Sequence[RunResult] = ()
+) -> dict[str, Any]:
+    """Every hyper-parameter the runs used: the values stored in their records when they
+    have them, else the registry's current defaults; ``explicit`` on top.
+
+    Implementation flags (:data:`IMPLEMENTATION_FLAGS`) appear only when explicit.
+    """
+    values = _recorded_hparams(runs)
+    if values is None:
+        from optlab.optim.registry import get_spec
+
+        try:
+            values = get_spec(optimizer).defaults()
+        except ValueError:  # an optimizer this optlab does not know: show what was given
+            values = {}
     values.update(explicit)
     return {
         name: tuple(value) if isinstance(value, list) else value
         for name, value in values.items()
-        if name not in IMPLEMENTATION_FLAGS
+        if name not in IMPLEMENTATION_FLAGS or name in explicit
     }
 
 
@@ -118,6 +142,9 @@ class SummaryRow:
     seconds_per_epoch: float = math.nan
     final_train_loss: float = math.nan
     final_test_loss: float = math.nan
+    final_valid_mean: float = math.nan
+    final_valid_std: float = math.nan
+    validation: str = ""
     tuned: str = ""
     note: str = ""
 
@@ -139,13 +166,14 @@ def summarize_runs(
     missing: int = 0,
     tuned: str = "",
     note: str = "",
+    validation: str = "",
 ) -> SummaryRow:
     """The statistics of one optimizer's runs over seeds."""
     ok = [run for run in runs if run.status == "ok"]
     row = SummaryRow(
         task=task,
         optimizer=optimizer,
-        hparams=effective_hparams(optimizer, explicit),
+        hparams=effective_hparams(optimizer, explicit, runs),
         explicit=dict(explicit),
         metric=metric,
         higher_is_better=higher_is_better,
@@ -155,8 +183,12 @@ def summarize_runs(
         missing=missing,
         tuned=tuned,
         note=note,
+        validation=validation,
     )
     row.final_mean, row.final_std = _mean_std([run.final.get("metric", math.nan) for run in ok])
+    row.final_valid_mean, row.final_valid_std = _mean_std(
+        [run.final.get("valid_metric", math.nan) for run in ok]
+    )
     row.best_mean, row.best_std = _mean_std([_best(run) for run in ok])
     row.final_train_loss, _ = _mean_std([run.final.get("train_loss", math.nan) for run in ok])
     row.final_test_loss, _ = _mean_std([run.final.get("test_loss", math.nan) for run in ok])
@@ -177,25 +209,50 @@ def summarize_runs(
     return row
 
 
-def _task_facts(task_name: str, runs: Sequence[RunResult]) -> tuple[str, bool, float | None, str]:
-    """Metric name, direction, target and description, from the task catalogue when it knows
-    the task, else from the records."""
+@dataclass(frozen=True)
+class TaskFacts:
+    """What the report says about a task: from the catalogue, else from the records."""
+
+    metric: str
+    higher_is_better: bool
+    target: float | None
+    description: str
+    validation: str  # "held-out", "train", or "" when unknown
+
+    @property
+    def selection(self) -> str:
+        """What tuning selects on, in words (axis labels, report text)."""
+        if self.validation == "train":
+            return f"final {self.metric} on the training set"
+        return f"final validation {self.metric}"
+
+
+def _task_facts(task_name: str, runs: Sequence[RunResult]) -> TaskFacts:
+    recorded = {run.info.get("validation") for run in runs if isinstance(run.info, Mapping)}
+    recorded.discard(None)
     try:
         from optlab.lab.tasks import get_task
 
         task = get_task(task_name)
-        return task.metric, task.higher_is_better, float(task.target), task.description
+        return TaskFacts(
+            task.metric,
+            task.higher_is_better,
+            float(task.target),
+            task.description,
+            task.validation,
+        )
     except (ValueError, ImportError):
+        validation = recorded.pop() if len(recorded) == 1 else ""
         if runs:
-            return runs[0].metric, runs[0].higher_is_better, None, ""
-        return "metric", True, None, ""
+            return TaskFacts(runs[0].metric, runs[0].higher_is_better, None, "", validation)
+        return TaskFacts("metric", True, None, "", validation)
 
 
 def summarize(outcome: StudyOutcome) -> list[SummaryRow]:
     """One row per optimizer of a study, best final metric first."""
     study = outcome.study
     all_runs = [run for o in outcome.optimizers for run in (*o.runs, *o.tuning)]
-    metric, higher, target, _ = _task_facts(study.task, all_runs)
+    facts = _task_facts(study.task, all_runs)
     rows = []
     for o in outcome.optimizers:
         tuned = ""
@@ -206,12 +263,13 @@ def summarize(outcome: StudyOutcome) -> list[SummaryRow]:
             o.optimizer,
             o.hparams if o.hparams is not None else dict(study.hparams),
             o.runs,
-            target=target,
-            metric=metric,
-            higher_is_better=higher,
+            target=facts.target,
+            metric=facts.metric,
+            higher_is_better=facts.higher_is_better,
             missing=o.missing,
             tuned=tuned,
             note=o.note,
+            validation=facts.validation,
         )
         if study.tune and o.hparams is None:
             row.hparams["lr"] = None  # not chosen (yet): the default would mislead
@@ -342,8 +400,8 @@ CSV_COLUMNS = [
     "task", "optimizer", "metric", "higher_is_better", "target", "seeds", "diverged",
     "missing", "final_mean", "final_std", "best_mean", "best_std", "reached_target",
     "epochs_to_target_mean", "epochs_to_target_std", "seconds_to_target_mean",
-    "seconds_per_epoch", "final_train_loss", "final_test_loss", "tuned", "note",
-    "hparams",
+    "seconds_per_epoch", "final_train_loss", "final_test_loss", "final_valid_mean",
+    "final_valid_std", "validation", "tuned", "note", "hparams",
 ]  # fmt: skip
 
 
@@ -378,6 +436,9 @@ def write_summary_csv(rows: Sequence[SummaryRow], path: str | os.PathLike[str]) 
                 "seconds_per_epoch": row.seconds_per_epoch,
                 "final_train_loss": row.final_train_loss,
                 "final_test_loss": row.final_test_loss,
+                "final_valid_mean": row.final_valid_mean,
+                "final_valid_std": row.final_valid_std,
+                "validation": row.validation,
                 "tuned": row.tuned,
                 "note": row.note,
                 "hparams": json.dumps(row.hparams, sort_keys=True, default=list),
@@ -468,7 +529,8 @@ def write_report(root: str | os.PathLike[str]) -> Report:
         report.rows.extend(rows)
         report.complete = report.complete and outcome.complete
         all_runs = [r for o in outcome.optimizers for r in (*o.runs, *o.tuning)]
-        metric, higher, target, description = _task_facts(task, all_runs)
+        facts = _task_facts(task, all_runs)
+        metric, description = facts.metric, facts.description
         title = f"{task}: {description}" if description else task
         report.tables[task] = format_table(rows, title=title)
         images = []
@@ -492,13 +554,13 @@ def write_report(root: str | os.PathLike[str]) -> Report:
                 tuning,
                 plot_dir / f"{task}-lr-sensitivity.png",
                 title=task,
-                metric=metric,
-                higher_is_better=higher,
+                label=facts.selection,
+                higher_is_better=facts.higher_is_better,
                 log_metric=metric == "gap",
             )
             images.append(("Learning-rate sensitivity", path))
         report.files.extend(path for _, path in images)
-        sections.append(_task_section(outcome, rows, images, description, target, report.root))
+        sections.append(_task_section(outcome, rows, images, facts, report.root))
     csv_path = write_summary_csv(report.rows, report.root / "summary.csv")
     report.files.insert(0, csv_path)
     used = {
@@ -514,14 +576,15 @@ def _task_section(
     outcome: StudyOutcome,
     rows: Sequence[SummaryRow],
     images: Sequence[tuple[str, Path]],
-    description: str,
-    target: float | None,
+    task_facts: TaskFacts,
     root: Path,
 ) -> str:
     study = outcome.study
+    description, target = task_facts.description, task_facts.target
     lines = [f"## {study.task}", ""]
     if description:
         lines += [description, ""]
+    selection = task_facts.selection
     facts = [f"seeds {', '.join(map(str, study.seeds))}"]
     if study.epochs is not None:
         facts.append(f"epochs {study.epochs}")
@@ -536,23 +599,34 @@ def _task_section(
     if study.tune:
         if study.tuner == "grid":
             grid = ", ".join(format_value(lr) for lr in study.lr_grid)
-            facts.append(f"lr tuned on the grid {grid} (seed {study.seeds[0]}, final metric)")
+            facts.append(f"lr tuned on the grid {grid} (seed {study.seeds[0]}, by the {selection})")
         else:
             facts.append(
                 f"lr tuned by Optuna TPE, {study.trials} trials per optimizer in "
                 f"[{format_value(study.lr_grid[0])}, {format_value(study.lr_grid[-1])}] "
-                f"(seed {study.seeds[0]}, final metric; study in optuna.sqlite3)"
+                f"(seed {study.seeds[0]}, by the {selection}; study in optuna.sqlite3)"
             )
     lines += ["Setup: " + "; ".join(facts) + ".", ""]
     lines += [_markdown_table(rows), ""]
     notes = [
-        "Final and best: mean ± sample std over the seeds that did not diverge",
+        f"Final and best: the test {task_facts.metric}, mean ± sample std (ddof 1) over the "
+        "seeds that did not diverge",
         "epochs to target: mean first evaluation epoch at which the test metric reached "
         + (format_value(target) if target is not None else "the target")
         + " (k/n when only k of n seeds did)",
         "other hyper-parameters: defaults that are 0 or off are left out here and listed "
         "in summary.csv",
     ]
+    if study.tune and task_facts.validation == "held-out":
+        notes.append(
+            "the learning rate was chosen on held-out validation data, never on the test "
+            "data the table reports"
+        )
+    elif study.tune and task_facts.validation == "train":
+        notes.append(
+            f"{study.task} holds no data out: the learning rate was chosen on the training "
+            "objective (the whole training set; see the task's description in optlab.lab.tasks)"
+        )
     lines += ["- " + note for note in notes] + [""]
     for caption, path in images:
         lines += [f"### {caption}", "", f"![{caption}]({path.relative_to(root).as_posix()})", ""]

@@ -87,13 +87,23 @@ class RunResult:
         spec: the run's specification.
         history: one row per evaluation, each with at least ``epoch`` (float,
             fractional allowed), ``step``, ``examples``, ``lr``, ``train_loss``,
-            ``test_loss``, ``metric`` (the task's test metric) and ``wall_time``
-            (seconds since the start of training, evaluation excluded).
-        metric: name of the task's test metric (``"accuracy"``, ``"gap"``, ``"loss"``).
-        higher_is_better: whether a larger ``metric`` is better.
-        status: ``"ok"``, or ``"diverged"`` when the loss became NaN/inf.
+            ``valid_loss``, ``valid_metric`` (the task's metric on its
+            validation data: what tuning selects on), ``test_loss``,
+            ``metric`` (the task's test metric: what tables report) and
+            ``wall_time`` (seconds since the start of training, evaluation
+            excluded). Tasks without held-out data (``info["validation"] ==
+            "train"``) validate on the training objective over the whole
+            training set; see :mod:`optlab.lab.tasks`.
+        metric: name of the task's metric (``"accuracy"``, ``"gap"``, ``"loss"``),
+            the same for ``valid_metric`` and ``metric``.
+        higher_is_better: whether a larger ``metric`` (and ``valid_metric``) is better.
+        status: ``"ok"``, or ``"diverged"`` when a loss became NaN/inf.
         seconds_per_epoch: mean training time per epoch (evaluation excluded).
-        info: versions, machine, anything else worth keeping.
+        info: what the run used and where it ran: ``hparams`` (every
+            hyper-parameter of the first param group, defaults included: the
+            values the run really used), ``epochs``, ``batch_size``,
+            ``validation`` (``"held-out"`` or ``"train"``), example counts,
+            versions, machine.
     """
 
     spec: RunSpec

@@ -18,6 +18,14 @@ the directory is fsynced. A process killed at any moment leaves either the
 complete record or none (at worst a ``.tmp`` file that readers ignore), so a
 finished run is never lost and never half-written.
 
+Files are created with the permissions of the process's umask (as
+``open()`` would), not the 0600 of a bare temporary file.
+
+Format version 2 added the validation columns (``valid_loss``,
+``valid_metric``) to every history row and trains on the training data
+without its validation part; version-1 directories are refused rather than
+mixed with it.
+
 Safety: a directory is used only when it is new, empty, or carries the
 manifest with this format version. A non-empty directory without the
 manifest, a manifest of another format or version, or a record that cannot be
@@ -57,7 +65,7 @@ __all__ = [
 #: Name of the manifest that marks a directory as an optlab results directory.
 MANIFEST_NAME = "optlab-results.json"
 FORMAT = "optlab-results"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 RUNS_DIR = "runs"
 STUDY_NAME = "study.json"
 LOCK_NAME = ".lock"
@@ -91,11 +99,27 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} value {value!r} in a JSON record")
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the platform allows."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split(":", 1)[1].strip(), 8)
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a mix.
+
+    The file gets the mode ``open()`` would give it (0666 minus the umask).
+    """
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -120,9 +144,10 @@ class Store:
     :meth:`open_existing` (for reading: the directory must already be one).
     """
 
-    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, root: Path, manifest: dict[str, Any], *, writing: bool = False) -> None:
         self.root = Path(root)
         self.manifest = manifest
+        self.writing = writing
         self._runs_dir = self.root / RUNS_DIR
 
     # ---------------------------------------------------------------- opening
@@ -132,28 +157,46 @@ class Store:
         """Open ``root`` for writing, creating the manifest if the directory is new or empty."""
         root = Path(root)
         if root.exists() and not root.is_dir():
-            raise StoreError(f"results directory {str(root)!r} is a file, not a directory")
+            raise StoreError(
+                f"results directory {str(root)!r} is a file, not a directory: choose a new "
+                "or empty directory"
+            )
         if (root / MANIFEST_NAME).exists() or (root.is_dir() and any(root.iterdir())):
-            return cls.open_existing(root)
+            return cls.open_existing(root, writing=True)
         from optlab import __version__
 
         root.mkdir(parents=True, exist_ok=True)
         (root / RUNS_DIR).mkdir(exist_ok=True)
         manifest = {"format": FORMAT, "version": FORMAT_VERSION, "optlab": __version__}
         atomic_write_text(root / MANIFEST_NAME, _dumps(manifest))
-        return cls(root, manifest)
+        return cls(root, manifest, writing=True)
 
     @classmethod
-    def open_existing(cls, root: str | os.PathLike[str]) -> Store:
-        """Open a directory that must already be an optlab results directory of this version."""
+    def open_existing(cls, root: str | os.PathLike[str], *, writing: bool = False) -> Store:
+        """Open a directory that must already be an optlab results directory of this version.
+
+        ``writing`` only shapes the error messages' advice: for writing (``optlab
+        compare``), choose another directory; for reading (``optlab report``,
+        :func:`load_records`), point at one that ``optlab compare`` wrote.
+        Checks the manifest, every run record and ``study.json`` before returning.
+        """
         root = Path(root)
+        reading_advice = "give the directory that optlab compare wrote (its --out)"
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"{str(root)!r} is a file, not a results directory; {reading_advice}")
         if not root.is_dir():
-            raise StoreError(f"results directory {str(root)!r} does not exist")
+            raise StoreError(f"results directory {str(root)!r} does not exist; {reading_advice}")
         manifest_path = root / MANIFEST_NAME
         if not manifest_path.exists():
+            if writing:
+                raise StoreError(
+                    f"{str(root)!r} is not an optlab results directory (no {MANIFEST_NAME}) "
+                    "and is not empty; refusing to write into it: choose a new or empty "
+                    "directory"
+                )
             raise StoreError(
-                f"{str(root)!r} is not an optlab results directory (no {MANIFEST_NAME}) and is "
-                "not empty; refusing to write into it: choose a new or empty directory"
+                f"{str(root)!r} is not an optlab results directory (no {MANIFEST_NAME}), so "
+                f"there is nothing to report; {reading_advice}"
             )
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -177,8 +220,9 @@ class Store:
             raise StoreError(
                 f"{str(root)!r} has a manifest but no {RUNS_DIR}/ directory; it is damaged"
             )
-        store = cls(root, manifest)
+        store = cls(root, manifest, writing=writing)
         store.results()  # validate every record now, before anything is written
+        store.read_study()  # and the study file, before a command prints or trains anything
         return store
 
     # ---------------------------------------------------------------- records
@@ -233,16 +277,29 @@ class Store:
     def write_study(self, data: Mapping[str, Any]) -> None:
         atomic_write_text(self.root / STUDY_NAME, _dumps(dict(data)))
 
+    def study_file_remedy(self) -> str:
+        """What to do about a damaged ``study.json``, for the command at hand."""
+        if self.writing:
+            return (
+                "move it away and run the command again (finished runs in runs/ are kept and "
+                "the study file is rewritten)"
+            )
+        return (
+            "move it away to report the run records without it (grouped by setting), or "
+            "run the study's optlab compare command again to rewrite it"
+        )
+
     def read_study(self) -> dict[str, Any] | None:
         path = self.root / STUDY_NAME
         if not path.exists():
             return None
+        remedy = self.study_file_remedy()
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise StoreError(f"cannot read {str(path)!r}: {error}") from None
+            raise StoreError(f"cannot read {str(path)!r} ({error}); {remedy}") from None
         if not isinstance(data, dict):
-            raise StoreError(f"{str(path)!r} does not hold a study description")
+            raise StoreError(f"{str(path)!r} does not hold a study description; {remedy}")
         return data
 
     # ------------------------------------------------------------------ lock
@@ -315,8 +372,8 @@ def load_records(root: str | os.PathLike[str]) -> pd.DataFrame:
     ``batch_size``, ``hparams`` (JSON of the explicit hyper-parameters), one
     ``hp_<name>`` column per explicit hyper-parameter, ``status``,
     ``metric_name``, ``higher_is_better``, ``seconds_per_epoch``, then the history
-    columns (``epoch``, ``step``, ``train_loss``, ``test_loss``, ``metric``,
-    ``wall_time``, ...).
+    columns (``epoch``, ``step``, ``train_loss``, ``valid_loss``, ``valid_metric``,
+    ``test_loss``, ``metric``, ``wall_time``, ...).
     """
     import pandas as pd
 

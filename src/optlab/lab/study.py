@@ -14,11 +14,14 @@ Tuning follows the DeepOBS protocol (Schneider et al., ICLR 2019):
    grid (``tuner="grid"``), or at ``trials`` learning rates proposed by
    Optuna's TPE sampler on the grid's range (``tuner="optuna"``, its study
    kept in ``optuna.sqlite3`` in the results directory);
-2. pick the run with the best *final* test metric (the task says whether
-   higher is better; a diverged run or a non-finite metric always loses;
-   ties go to the smaller learning rate);
-3. rerun the chosen setting with every seed. The chosen point's first-seed
-   run is the very same RunSpec as its tuning run, so it is reused.
+2. pick the run with the best *final validation* metric (``valid_metric`` of
+   the last history row: a held-out part of the training data, or the
+   training objective for tasks that hold nothing out; never the test set).
+   The task says whether higher is better; a diverged run or a non-finite
+   metric always loses; ties go to the smaller learning rate;
+3. rerun the chosen setting with every seed and report their *test* metrics.
+   The chosen point's first-seed run is the very same RunSpec as its tuning
+   run, so it is reused.
 
 Runs may execute in worker processes (``jobs > 1``; spawn start method). Every
 run, in a worker or not, trains with one torch thread, so results do not
@@ -45,7 +48,7 @@ from types import MappingProxyType
 from typing import Any
 
 from optlab.lab.runs import RunResult, RunSpec
-from optlab.lab.store import Store, finite
+from optlab.lab.store import Store, StoreError, finite
 
 __all__ = [
     "CORE_OPTIMIZERS",
@@ -190,10 +193,9 @@ def validate_study(study: StudySpec) -> StudySpec:
     Raises:
         ValueError: one line saying what is wrong, the value, and what is allowed.
     """
-    import torch
 
     from optlab.lab import tasks
-    from optlab.optim.registry import create_optimizer, get_spec
+    from optlab.optim.registry import get_spec
 
     tasks.get_task(study.task)  # raises ValueError naming the valid tasks
     if not study.optimizers:
@@ -236,16 +238,55 @@ def validate_study(study: StudySpec) -> StudySpec:
         )
     if isinstance(study.trials, bool) or not isinstance(study.trials, int) or study.trials < 1:
         raise ValueError(f"trials must be an integer >= 1, got {study.trials!r}")
-    probe = [torch.zeros(2, requires_grad=True)]
     lrs = [study.lr_grid[0], study.lr_grid[-1]] if study.tune else [None]
     for name in names:
         for lr in lrs:
             hparams = dict(study.hparams) | ({"lr": lr} if lr is not None else {})
-            try:
-                create_optimizer(probe, name, **hparams)
-            except (ValueError, TypeError) as error:
-                raise ValueError(f"{name}: {error}") from None
+            _probe_optimizer(name, hparams)
+    _check_run_size(study)
     return replace(study, optimizers=tuple(names))
+
+
+def _probe_optimizer(name: str, hparams: Mapping[str, Any]) -> None:
+    """Build the optimizer and take one step on a tiny tensor: options that are only
+    checked when stepping (e.g. an implementation this machine lacks) fail here, not
+    in the middle of a study."""
+    import torch
+
+    from optlab.optim.registry import create_optimizer
+
+    probe = torch.zeros(2, requires_grad=True)
+    try:
+        optimizer = create_optimizer([probe], name, **hparams)
+        probe.grad = torch.ones(2)
+        optimizer.step()
+    except (ValueError, TypeError, RuntimeError) as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        raise ValueError(f"{name}: {message}") from None
+
+
+def _check_run_size(study: StudySpec) -> None:
+    """Epochs, batch size and schedule against the task's training data (built once, cached).
+
+    A file-backed task whose files are missing raises
+    :class:`~optlab.lab.data.DatasetNotFoundError` here, before anything is written.
+    """
+    from optlab.lab import tasks
+
+    task = tasks.get_task(study.task)
+    if task.needs_data_dir and not study.data_dir:
+        raise ValueError(
+            f"task {study.task} reads its data from files: give data_dir (--data-dir on "
+            "the command line); see optlab tasks"
+        )
+    problem = task.build(study.seeds[0], study.data_dir)
+    size = len(problem.train)
+    batch_size = task.batch_size if study.batch_size is None else study.batch_size
+    if problem.drop_last and batch_size > size:
+        raise ValueError(
+            f"batch_size must be at most {size} (the training examples of task {study.task}, "
+            f"which drops incomplete batches), got {batch_size}"
+        )
 
 
 def _check_schedule(schedule: str) -> None:
@@ -259,19 +300,28 @@ def _check_schedule(schedule: str) -> None:
 # ----------------------------------------------------------------- selecting
 
 
-def final_metric(result: RunResult) -> float:
-    """The run's last test metric, NaN when it has none."""
-    value = result.final.get("metric", math.nan)
+#: The history column tuning selects on.
+SELECTION_COLUMN = "valid_metric"
+
+
+def final_metric(result: RunResult, column: str = "metric") -> float:
+    """The run's last value of ``column`` (default: the test metric), NaN when it has none."""
+    value = result.final.get(column, math.nan)
     return float(value) if finite(value) else math.nan
 
 
+def selection_metric(result: RunResult) -> float:
+    """What tuning compares: the run's final validation metric, NaN when it has none."""
+    return final_metric(result, SELECTION_COLUMN)
+
+
 def usable(result: RunResult) -> bool:
-    """A run that can win a tuning comparison: not diverged and with a finite final metric."""
-    return result.status == "ok" and finite(final_metric(result))
+    """A run that can win a tuning comparison: not diverged, finite final validation metric."""
+    return result.status == "ok" and finite(selection_metric(result))
 
 
 def select_best(results: Sequence[RunResult]) -> RunResult | None:
-    """The run with the best final test metric; ``None`` when every run diverged.
+    """The run with the best final validation metric; ``None`` when every run diverged.
 
     Direction comes from each result's ``higher_is_better``. Diverged runs and
     non-finite metrics lose. Ties go to the smaller learning rate, then to the
@@ -282,7 +332,7 @@ def select_best(results: Sequence[RunResult]) -> RunResult | None:
     for result in results:
         if not usable(result):
             continue
-        value = final_metric(result)
+        value = selection_metric(result)
         score = -value if result.higher_is_better else value
         key = (score, float(result.spec.hparams.get("lr", 0.0)))
         if best_key is None or key < best_key:
@@ -624,7 +674,7 @@ def _ask_round(
 
 
 class _Teller:
-    """Tells Optuna the final metric of a finished run (the worst value when it diverged)."""
+    """Tells Optuna the final validation metric of a finished run (the worst when it diverged)."""
 
     def __init__(
         self, asked: Mapping[str, tuple[RunSpec, list[tuple[Any, int]]]], worst: float
@@ -633,7 +683,7 @@ class _Teller:
         self.worst = worst
 
     def __call__(self, result: RunResult) -> None:
-        value = final_metric(result) if usable(result) else self.worst
+        value = selection_metric(result) if usable(result) else self.worst
         for optuna_study, trial_number in self.asked.get(result.spec.key(), (None, []))[1]:
             optuna_study.tell(trial_number, value, skip_if_finished=True)
 
@@ -737,4 +787,10 @@ def load_study(store: Store) -> tuple[StudySpec | None, dict[str, Any]]:
     data = store.read_study()
     if not data or "study" not in data:
         return None, data or {}
-    return StudySpec.from_dict(data["study"]), data
+    try:
+        return StudySpec.from_dict(data["study"]), data
+    except (TypeError, ValueError, AttributeError) as error:
+        raise StoreError(
+            f"{str(store.root / 'study.json')!r} holds no valid study ({error}); "
+            f"{store.study_file_remedy()}"
+        ) from None

@@ -17,7 +17,22 @@ Evaluation: ``test_loss`` is the mean loss over the whole test set (for
 tasks without a separate test set, the whole training set: the objective
 being minimised) and ``metric`` is the task's test metric: ``accuracy``
 (higher is better), ``loss`` (the test loss) or ``gap`` (objective minus
-its minimum, for the convex task).
+its minimum, for the convex task). ``valid_loss`` and ``valid_metric`` are
+the same measures on the validation data, which tuning selects on, so that
+the test numbers of a tuned study stay unbiased:
+
+- ``validation="held-out"`` (digits, MNIST, CIFAR-10): a fixed part of the
+  training data, the same for every seed, never trained on. Digits: a
+  stratified 20 % of the training split (270 of 1347 images); MNIST: the last
+  sixth of the training file (10 000 of 60 000); CIFAR-10: the last tenth of
+  the training batches (5 000 of 50 000, the second half of ``data_batch_5``).
+- ``validation="train"`` (diabetes-linreg, cancer-logreg, quadratic-deep):
+  no held-out part; the validation numbers are the training objective on the
+  whole training set. Holding data out would change what these tasks are
+  (d2l's harness reports the full-data loss, the convex task measures the gap
+  to the optimum of its training objective, and the noisy quadratic's
+  training points are DeepOBS's fixed set), so tuning selects on the training
+  objective there, and the report says so.
 """
 
 from __future__ import annotations
@@ -33,13 +48,30 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .data import ArrayData, load_cifar10, load_mnist
+from .data import ArrayData, DatasetFormatError, load_cifar10, load_mnist
 from .models import MLP, CifarResNet, DigitsCNN, MnistNet, NoisyQuadratic
 
-__all__ = ["METRICS", "Problem", "Task", "evaluate", "get_task", "list_tasks"]
+__all__ = [
+    "METRICS",
+    "VALIDATIONS",
+    "Problem",
+    "Task",
+    "evaluate",
+    "evaluate_metrics",
+    "get_task",
+    "list_tasks",
+]
 
 #: Test metrics and whether larger is better.
 METRICS: Mapping[str, bool] = MappingProxyType({"accuracy": True, "loss": False, "gap": False})
+
+#: What a task's ``valid_loss`` / ``valid_metric`` measure (see the module docstring).
+VALIDATIONS: Mapping[str, str] = MappingProxyType(
+    {
+        "held-out": "a held-out validation part of the training data",
+        "train": "the training objective on the whole training set (no held-out data)",
+    }
+)
 
 
 @dataclass
@@ -48,7 +80,7 @@ class Problem:
 
     Attributes:
         model: the model to train, on the CPU.
-        train: training data.
+        train: training data (without the validation part).
         test: evaluation data (may be the training data itself).
         loss: ``loss(outputs, targets)``: mean loss of a batch.
         metric: ``"accuracy"``, ``"loss"`` or ``"gap"``.
@@ -59,6 +91,8 @@ class Problem:
         drop_last: drop the last incomplete training batch of every epoch.
         optimum: minimum of the objective (``metric == "gap"`` only).
         eval_batch_size: batch size for evaluation passes.
+        valid: held-out validation data, or ``None`` when the task validates on
+            its training objective (the whole training set).
     """
 
     model: nn.Module
@@ -71,6 +105,7 @@ class Problem:
     drop_last: bool = False
     optimum: float | None = None
     eval_batch_size: int = 1000
+    valid: ArrayData | None = None
 
     def objective(self, model: nn.Module, outputs: Tensor, targets: Tensor | None) -> Tensor:
         """Mean batch loss plus the parameter penalty: what the optimizer minimises."""
@@ -109,17 +144,31 @@ def evaluate(problem: Problem, model: nn.Module, data: ArrayData) -> dict[str, f
         model.train(was_training)
 
 
-def evaluate_metrics(problem: Problem, model: nn.Module) -> dict[str, float]:
-    """``{"test_loss", "metric"}`` of ``model`` on the problem's test data."""
-    result = evaluate(problem, model, problem.test)
+def _metric(problem: Problem, result: Mapping[str, float]) -> float:
     if problem.metric == "accuracy":
-        metric = result["accuracy"]
-    elif problem.metric == "gap":
+        return result["accuracy"]
+    if problem.metric == "gap":
         assert problem.optimum is not None
-        metric = result["loss"] - problem.optimum
-    else:
-        metric = result["loss"]
-    return {"test_loss": result["loss"], "metric": metric}
+        return result["loss"] - problem.optimum
+    return result["loss"]
+
+
+def evaluate_metrics(problem: Problem, model: nn.Module) -> dict[str, float]:
+    """``valid_loss``, ``valid_metric``, ``test_loss`` and ``metric`` of ``model``.
+
+    The validation numbers come from ``problem.valid``, or from the whole
+    training set when the task has no held-out part; a data set that serves
+    twice (the convex task tests on its training data) is evaluated once.
+    """
+    valid_data = problem.train if problem.valid is None else problem.valid
+    test = evaluate(problem, model, problem.test)
+    valid = test if valid_data is problem.test else evaluate(problem, model, valid_data)
+    return {
+        "valid_loss": valid["loss"],
+        "valid_metric": _metric(problem, valid),
+        "test_loss": test["loss"],
+        "metric": _metric(problem, test),
+    }
 
 
 Builder = Callable[[int, "str | None", Mapping[str, Any]], Problem]
@@ -148,6 +197,9 @@ class Task:
             intra-op parallelism to pay, and on a busy machine extra threads
             make them many times slower. A fixed count also makes results
             independent of the machine's core count.
+        validation: ``"held-out"`` (tuning selects on a held-out part of the
+            training data) or ``"train"`` (on the training objective); see
+            :data:`VALIDATIONS`.
         builder: ``builder(seed, data_dir, options) -> Problem``.
     """
 
@@ -162,11 +214,16 @@ class Task:
     eval_every: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     threads: int | None = 1
+    validation: str = "held-out"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        if self.validation not in VALIDATIONS:
+            raise ValueError(
+                f"validation must be one of {', '.join(VALIDATIONS)}, got {self.validation!r}"
+            )
 
     @property
     def higher_is_better(self) -> bool:
@@ -197,6 +254,8 @@ class Task:
             problem = self.builder(seed, data_dir, resolved)
         if problem.metric != self.metric:
             raise AssertionError(f"task {self.name} built a problem measuring {problem.metric}")
+        if (problem.valid is None) != (self.validation == "train"):
+            raise AssertionError(f"task {self.name} built a problem without its validation data")
         return problem
 
 
@@ -205,22 +264,30 @@ class Task:
 # --------------------------------------------------------------------------
 
 
+#: Fraction of the digits training split held out for validation (stratified).
+DIGITS_VALID_FRACTION = 0.2
+
+
 @functools.lru_cache(maxsize=1)
-def _digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _digits_split() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{"train", "valid", "test"}``: (images, labels), 1077 / 270 / 450, all stratified.
+
+    Fixed for every seed: a run's seed changes the model and the data order only.
+    The test split is the 25 % it always was; validation is 20 % of the rest.
+    """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     images, labels = load_digits(return_X_y=True)
-    # Fixed for every seed: a run's seed changes the model and the data order only.
-    return tuple(
-        train_test_split(
-            (images / 16.0).astype(np.float32),
-            labels.astype(np.int64),
-            test_size=0.25,
-            stratify=labels,
-            random_state=0,
-        )
-    )  # type: ignore[return-value]
+    images = (images / 16.0).astype(np.float32)
+    labels = labels.astype(np.int64)
+    rest_x, test_x, rest_y, test_y = train_test_split(
+        images, labels, test_size=0.25, stratify=labels, random_state=0
+    )
+    train_x, valid_x, train_y, valid_y = train_test_split(
+        rest_x, rest_y, test_size=DIGITS_VALID_FRACTION, stratify=rest_y, random_state=0
+    )
+    return {"train": (train_x, train_y), "valid": (valid_x, valid_y), "test": (test_x, test_y)}
 
 
 def _standardise(values: np.ndarray) -> np.ndarray:
@@ -247,25 +314,28 @@ def _cross_entropy(outputs: Tensor, targets: Tensor | None) -> Tensor:
     return F.cross_entropy(outputs, targets)
 
 
-def _digits_data() -> tuple[ArrayData, ArrayData]:
-    train_x, test_x, train_y, test_y = _digits_split()
+def _digits_data() -> dict[str, ArrayData]:
     to_images = functools.partial(torch.reshape, shape=(-1, 1, 8, 8))
-    return (
-        ArrayData(torch.tensor(train_x), torch.tensor(train_y), to_images),
-        ArrayData(torch.tensor(test_x), torch.tensor(test_y), to_images),
-    )
+    return {
+        part: ArrayData(torch.tensor(x), torch.tensor(y), to_images)
+        for part, (x, y) in _digits_split().items()
+    }
 
 
 def _build_digits_mlp(seed: int, data_dir: str | None, options: Mapping[str, Any]) -> Problem:
-    train, test = _digits_data()
+    data = _digits_data()
     model = MLP(64, tuple(options["hidden"]), 10)
-    return Problem(model, train, test, _cross_entropy, "accuracy")
+    return Problem(
+        model, data["train"], data["test"], _cross_entropy, "accuracy", valid=data["valid"]
+    )
 
 
 def _build_digits_cnn(seed: int, data_dir: str | None, options: Mapping[str, Any]) -> Problem:
-    train, test = _digits_data()
+    data = _digits_data()
     model = DigitsCNN(tuple(options["channels"]))  # type: ignore[arg-type]
-    return Problem(model, train, test, _cross_entropy, "accuracy")
+    return Problem(
+        model, data["train"], data["test"], _cross_entropy, "accuracy", valid=data["valid"]
+    )
 
 
 # --------------------------------------------------------------------------
@@ -288,6 +358,8 @@ def _build_diabetes(seed: int, data_dir: str | None, options: Mapping[str, Any])
     the batch, the loss on the full data recorded every 200 examples, and
     training time per epoch excluding those evaluations. There is no test
     split: ``test_loss`` and ``metric`` are the full-data loss, as in d2l.
+    Nor is there a validation split (``validation="train"``): tuning selects
+    on the same full-data training loss.
     """
     features, target = _diabetes()
     data = ArrayData(torch.tensor(features), torch.tensor(target))
@@ -361,7 +433,9 @@ def _build_cancer(seed: int, data_dir: str | None, options: Mapping[str, Any]) -
     The model and data are float64 so the gap can be followed far down;
     ``metric`` is the full objective minus its minimum, computed once per
     process by Newton's method to a gradient norm below 1e-13. There is no
-    test split: the objective is what is measured.
+    test split: the objective is what is measured. Nor is there a validation
+    split (``validation="train"``): the task is how fast an optimizer closes
+    the gap on this objective, so tuning selects on that same gap.
     """
     l2 = float(options["l2"])
     features, target = _breast_cancer()
@@ -454,6 +528,11 @@ def _build_quadratic(seed: int, data_dir: str | None, options: Mapping[str, Any]
     incomplete batch and so evaluates 896 of the 1000 test points; here
     ``test_loss`` is the mean over all 1000. The run's seed only changes the
     data order (``theta`` always starts at ones).
+
+    No validation split (``validation="train"``): the 1000 training points are
+    DeepOBS's fixed set, so tuning selects on the training objective, the mean
+    loss over all of them (DeepOBS's ``train_eval`` loss), and the test loss
+    stays untouched by the choice.
     """
     hessian, train, test = _quadratic_problem_data()
     model = NoisyQuadratic(torch.tensor(hessian))
@@ -478,14 +557,39 @@ def _mnist_pixels(images: Tensor) -> Tensor:
     return (images.unsqueeze(1).float() / 255.0 - _MNIST_MEAN) / _MNIST_STD
 
 
+#: The last ``1 / MNIST_VALID_PARTS`` of MNIST's training file is held out (10 000 of 60 000).
+MNIST_VALID_PARTS = 6
+#: The last ``1 / CIFAR_VALID_PARTS`` of CIFAR-10's training batches is held out (5 000 of 50 000).
+CIFAR_VALID_PARTS = 10
+
+
+def _hold_out_last(
+    inputs: np.ndarray, targets: np.ndarray, parts: int, dataset: str, transform: Any
+) -> tuple[ArrayData, ArrayData]:
+    """Training and validation data: the last ``len // parts`` examples (at least one) validate."""
+    count = len(inputs)
+    if count < 2:
+        raise DatasetFormatError(
+            f"{dataset} training data hold {count} example(s); at least 2 are needed "
+            "(one to train on, one held out for validation)"
+        )
+    split = count - max(1, count // parts)
+    train = ArrayData(torch.tensor(inputs[:split]), torch.tensor(targets[:split]), transform)
+    valid = ArrayData(torch.tensor(inputs[split:]), torch.tensor(targets[split:]), transform)
+    return train, valid
+
+
 def _build_mnist(seed: int, data_dir: str | None, options: Mapping[str, Any]) -> Problem:
+    """The classic ``Net`` on MNIST; the last sixth of the training file validates."""
     train_x, train_y, test_x, test_y = load_mnist(data_dir)
+    train, valid = _hold_out_last(train_x, train_y, MNIST_VALID_PARTS, "MNIST", _mnist_pixels)
     return Problem(
         MnistNet(),
-        ArrayData(torch.tensor(train_x), torch.tensor(train_y), _mnist_pixels),
+        train,
         ArrayData(torch.tensor(test_x), torch.tensor(test_y), _mnist_pixels),
         _cross_entropy,
         "accuracy",
+        valid=valid,
     )
 
 
@@ -518,15 +622,18 @@ def _crop_and_flip(images: Tensor, generator: torch.Generator) -> Tensor:
 
 
 def _build_cifar(seed: int, data_dir: str | None, options: Mapping[str, Any]) -> Problem:
+    """A small ResNet on CIFAR-10; the last tenth of the training batches validates."""
     train_x, train_y, test_x, test_y = load_cifar10(data_dir)
+    train, valid = _hold_out_last(train_x, train_y, CIFAR_VALID_PARTS, "CIFAR-10", _cifar_pixels)
     return Problem(
         CifarResNet(depth=int(options["depth"])),
-        ArrayData(torch.tensor(train_x), torch.tensor(train_y), _cifar_pixels),
+        train,
         ArrayData(torch.tensor(test_x), torch.tensor(test_y), _cifar_pixels),
         _cross_entropy,
         "accuracy",
         augment=_crop_and_flip if options["augment"] else None,
         eval_batch_size=500,
+        valid=valid,
     )
 
 
@@ -537,7 +644,7 @@ def _build_cifar(seed: int, data_dir: str | None, options: Mapping[str, Any]) ->
 _TASKS: tuple[Task, ...] = (
     Task(
         "digits-mlp",
-        "MLP 64-64-10 on scikit-learn's 8x8 digits (1347 train / 450 test)",
+        "MLP 64-64-10 on scikit-learn's 8x8 digits (1077 train / 270 valid / 450 test)",
         epochs=20,
         batch_size=32,
         metric="accuracy",
@@ -547,7 +654,7 @@ _TASKS: tuple[Task, ...] = (
     ),
     Task(
         "digits-cnn",
-        "2-conv CNN on scikit-learn's 8x8 digits (1347 train / 450 test)",
+        "2-conv CNN on scikit-learn's 8x8 digits (1077 train / 270 valid / 450 test)",
         epochs=20,
         batch_size=32,
         metric="accuracy",
@@ -564,6 +671,7 @@ _TASKS: tuple[Task, ...] = (
         target=0.25,
         builder=_build_diabetes,
         eval_every=200,
+        validation="train",
     ),
     Task(
         "cancer-logreg",
@@ -574,6 +682,7 @@ _TASKS: tuple[Task, ...] = (
         target=1e-3,
         builder=_build_cancer,
         options={"l2": 1e-2},
+        validation="train",
     ),
     Task(
         "quadratic-deep",
@@ -583,6 +692,7 @@ _TASKS: tuple[Task, ...] = (
         metric="loss",
         target=90.0,
         builder=_build_quadratic,
+        validation="train",
     ),
     Task(
         "mnist-cnn",

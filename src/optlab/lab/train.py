@@ -21,10 +21,12 @@ What it guarantees:
   ``examples``, ``lr`` (of the first param group, for the latest step),
   ``train_loss`` (mean of the training batches' losses since the previous
   row; in the first row, the initial model's loss on the whole training
-  set), ``test_loss``, ``metric`` and ``wall_time`` (training seconds so
-  far, evaluation excluded).
-- Divergence: a non-finite training or test loss stops the run with
-  status ``"diverged"``; the history up to and including that point is kept.
+  set), ``valid_loss`` and ``valid_metric`` (on the task's validation data,
+  or its whole training set when it holds none out: what tuning selects
+  on), ``test_loss`` and ``metric`` (on the test data: what tables report)
+  and ``wall_time`` (training seconds so far, evaluation excluded).
+- Divergence: a non-finite training, validation or test loss stops the run
+  with status ``"diverged"``; the history up to and including that point is kept.
 - Threads: ``threads=``, else the ``OPTLAB_NUM_THREADS`` environment
   variable, else the task's ``threads`` (1 for the small built-in tasks;
   torch's current setting for MNIST and CIFAR-10) set torch's intra-op
@@ -203,6 +205,8 @@ class TrainingRun:
         problem.model.to(self.device)
         problem.train = problem.train.to(self.device)
         problem.test = problem.test.to(self.device)
+        if problem.valid is not None:
+            problem.valid = problem.valid.to(self.device)
         self.problem = problem
         self.module: nn.Module = problem.model
         self.model: nn.Module = problem.model
@@ -271,13 +275,15 @@ class TrainingRun:
         return loss.detach()
 
     def evaluate(self) -> dict[str, float]:
-        """``test_loss`` and ``metric`` of the current model."""
+        """``valid_loss``, ``valid_metric``, ``test_loss`` and ``metric`` of the current model."""
         return evaluate_metrics(self.problem, self.module)
 
-    def initial_train_loss(self, test: dict[str, float]) -> float:
+    def initial_train_loss(self, metrics: dict[str, float]) -> float:
         """The untrained model's loss on the whole training set."""
         if self.problem.train is self.problem.test:
-            return test["test_loss"]
+            return metrics["test_loss"]
+        if self.problem.valid is None:  # validation is the training objective
+            return metrics["valid_loss"]
         return evaluate(self.problem, self.module, self.problem.train)["loss"]
 
     # -- the loop ------------------------------------------------------------
@@ -297,7 +303,7 @@ class TrainingRun:
         loss_examples = 0
 
         def finite(row: dict[str, float]) -> bool:
-            return math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])
+            return all(math.isfinite(row[key]) for key in ("train_loss", "valid_loss", "test_loss"))
 
         def record(train_loss: float) -> dict[str, float]:
             nonlocal eval_seconds
@@ -312,6 +318,8 @@ class TrainingRun:
                 "examples": self.examples_seen,
                 "lr": self.lr,
                 "train_loss": train_loss,
+                "valid_loss": metrics["valid_loss"],
+                "valid_metric": metrics["valid_metric"],
                 "test_loss": metrics["test_loss"],
                 "metric": metrics["metric"],
                 "wall_time": train_seconds,
@@ -385,7 +393,11 @@ class TrainingRun:
             "total_steps": self.total_steps,
             "steps_per_epoch": self.steps_per_epoch,
             "train_examples": len(self.problem.train),
+            "valid_examples": len(
+                self.problem.train if self.problem.valid is None else self.problem.valid
+            ),
             "test_examples": len(self.problem.test),
+            "validation": self.task.validation,
             "optimizer_class": type(self.optimizer).__name__,
             "hparams": hparams,
             "task_options": {
