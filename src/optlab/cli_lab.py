@@ -31,7 +31,7 @@ examples:
   optlab compare --task digits-cnn --optimizers adam,adabelief --tune lr --jobs 2
   optlab compare --task quadratic-deep --optimizers adam,adabelief --tune lr \\
       --tuner optuna --trials 12 --epochs 20
-  optlab compare --optimizers adam,adabelief --lr 3e-3 --set betas=(0.9,0.99) \\
+  optlab compare --optimizers adam,adabelief --lr 3e-3 --set 'betas=(0.9,0.99)' \\
       --schedule cosine --out results/betas
   optlab compare --task cancer-logreg --optimizers adam,adabelief --nproc 2
   torchrun --nproc-per-node 2 -m optlab.cli compare --task cancer-logreg --optimizers adam
@@ -141,7 +141,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME=VALUE",
         help="fix a hyper-parameter for every optimizer, e.g. --set eps=1e-8 "
-        "--set betas=(0.9,0.99) (repeatable)",
+        "--set 'betas=(0.9,0.99)' (repeatable; quote values with parentheses)",
     )
     group.add_argument(
         "--schedule",
@@ -154,8 +154,9 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     tuning.add_argument(
         "--tune",
         choices=TUNABLE,
-        help="tune the learning rate per optimizer (one seed per point, best final test "
-        "metric), then rerun the best with every seed",
+        help="tune the learning rate per optimizer (one seed per point, best final "
+        "validation metric; the training objective on tasks without held-out data), then "
+        "rerun the best with every seed and report test metrics",
     )
     tuning.add_argument(
         "--tuner", choices=TUNERS, default="grid", help="log grid, or Optuna TPE (default grid)"
@@ -206,17 +207,20 @@ def study_from_args(args: argparse.Namespace):  # -> StudySpec
         lr_grid=tuple(args.lr_grid) if args.lr_grid else DEFAULT_LR_GRID,
         trials=args.trials,
     )
-    try:
-        study = validate_study(study)
-    except ValueError as error:
-        raise CommandLineError(str(error)) from None
+    from optlab.lab.data import DatasetNotFoundError
     from optlab.lab.tasks import get_task
 
-    if get_task(study.task).needs_data_dir and not study.data_dir:
-        raise CommandLineError(
-            f"task {study.task} reads its data from files: give --data-dir DIR (see optlab tasks)"
-        )
-    return study
+    try:
+        if get_task(study.task).needs_data_dir and not study.data_dir:
+            raise CommandLineError(
+                f"task {study.task} reads its data from files: give --data-dir DIR "
+                "(see optlab tasks)"
+            )
+        # Everything that could fail later (data files, batch size, options) fails here,
+        # before the results directory is touched.
+        return validate_study(study)
+    except (ValueError, DatasetNotFoundError) as error:
+        raise CommandLineError(str(error).splitlines()[0]) from None
 
 
 def default_out(study: Any) -> Path:
@@ -339,21 +343,6 @@ def _distributed_session(args: argparse.Namespace) -> Any:
         raise CommandLineError(str(error)) from None
 
 
-def _check_data(study: Any) -> None:
-    """File-backed tasks: read the data once now, so missing or malformed files are one
-    clear line before anything starts (the loaders cache what they read)."""
-    from optlab.lab.data import DatasetFormatError, DatasetNotFoundError
-    from optlab.lab.tasks import get_task
-
-    task = get_task(study.task)
-    if not task.needs_data_dir:
-        return
-    try:
-        task.build(study.seeds[0], study.data_dir)
-    except (DatasetNotFoundError, DatasetFormatError) as error:
-        raise CommandLineError(str(error).splitlines()[0]) from None
-
-
 def _run_compare(args: argparse.Namespace, study: Any, session: Any) -> int:
     from optlab.lab.data import DatasetFormatError, DatasetNotFoundError
     from optlab.lab.report import write_report
@@ -363,7 +352,6 @@ def _run_compare(args: argparse.Namespace, study: Any, session: Any) -> int:
     out = Path(args.out) if args.out else default_out(study)
     jobs = 1 if session is not None else args.jobs if args.jobs is not None else default_jobs()
     command = compare_command(study, out)
-    _check_data(study)
     try:
         Store.open(out)  # a foreign or damaged directory fails here, before any banner
     except StoreError as error:

@@ -30,7 +30,10 @@ def one_line_error(capsys) -> str:
         (["compare", "--seeds", "-2"], "--seeds: must be an integer >= 1, got '-2'"),
         (["compare", "--seeds", "0"], "--seeds: must be an integer >= 1, got '0'"),
         (["compare", "--lr", "fast"], "--lr: must be a number, got 'fast'"),
-        (["compare", "--lr", "-0.1", "--optimizers", "adam"], "lr"),
+        (
+            ["compare", "--lr", "-0.1", "--optimizers", "adam"],
+            "adam: lr must be a finite number >= 0, got -0.1",
+        ),
         (["compare", "--epochs", "1.5"], "--epochs: must be an integer >= 1"),
         (["compare", "--optimizers", "adam,sgd", "--set", "betas=(0.9,0.99)"], "'sgd'"),
         (["compare", "--set", "eps"], "expects name=value"),
@@ -41,6 +44,14 @@ def one_line_error(capsys) -> str:
         (["compare", "--lr-grid", "1e-3,1e-2"], "--lr-grid needs --tune lr"),
         (["compare", "--task", "mnist-cnn", "--optimizers", "adam"], "--data-dir"),
         (["compare", "--bogus"], "unrecognized arguments: --bogus"),
+        (
+            ["compare", "--task", "quadratic-deep", "--optimizers", "adam", "--batch-size", "5000"],
+            "batch_size must be at most 1000 (the training examples of task quadratic-deep",
+        ),
+        (
+            ["compare", "--optimizers", "adam", "--tune", "lr", "--lr-grid", "1e-3,-0.1"],
+            "lr_grid must hold finite learning rates > 0, got [-0.1, 0.001]",
+        ),
     ],
 )
 def test_bad_compare_arguments_exit_2_with_one_line(argv, expected, capsys):
@@ -100,13 +111,40 @@ def test_parse_set_reads_python_literals():
 def test_report_on_a_foreign_or_missing_directory_exits_2_and_changes_nothing(tmp_path, capsys):
     (tmp_path / "data.csv").write_text("a,b\n1,2\n")
     assert main(["report", str(tmp_path)]) == 2
-    assert "not an optlab results directory" in one_line_error(capsys)
+    line = one_line_error(capsys)
+    assert "not an optlab results directory" in line and "nothing to report" in line
+    assert "refusing to write" not in line  # that is advice for compare
     assert main(["compare", "--optimizers", "adam", "--out", str(tmp_path)]) == 2
-    assert "not an optlab results directory" in one_line_error(capsys)
+    assert "refusing to write into it: choose a new or empty directory" in one_line_error(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv"]
     assert (tmp_path / "data.csv").read_text() == "a,b\n1,2\n"
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "does not exist" in one_line_error(capsys)
+    assert main(["report", str(tmp_path / "data.csv")]) == 2
+    line = one_line_error(capsys)
+    assert "is a file, not a results directory" in line and "does not exist" not in line
+
+
+def test_late_errors_are_caught_before_the_results_directory_is_created(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["compare", "--task", "quadratic-deep", "--optimizers", "adam", "--batch-size"]
+    argv += ["5000", "--seeds", "1", "--epochs", "1", "--out", str(out)]
+    assert main(argv) == 2
+    assert "batch_size must be at most 1000" in one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_a_damaged_study_file_is_one_line_with_a_remedy_before_any_banner(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["compare", "--optimizers", "adam", "--seeds", "1", "--epochs", "1", "--out", str(out)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    (out / "study.json").write_text("{damaged")
+    assert main(argv) == 2
+    line = one_line_error(capsys)  # no "optlab compare: digits-mlp ..." banner before it
+    assert "study.json" in line and "move it away and run the command again" in line
+    assert main(["report", str(out)]) == 2
+    assert "move it away to report the run records without it" in one_line_error(capsys)
 
 
 def test_compare_runs_a_small_study_and_names_every_hyper_parameter(tmp_path, capsys):
@@ -145,6 +183,40 @@ def test_demo_runs_the_default_study_into_results_demo(tmp_path, monkeypatch, ca
     )
     assert (tmp_path / "results" / "demo" / "report.md").is_file()
     assert "results/demo/report.md" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("form", [["--out=elsewhere"], ["--out", "elsewhere"]])
+def test_demo_writes_where_out_says_in_either_form(tmp_path, monkeypatch, capsys, form):
+    from optlab import demo
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["--optimizers", "adam", "--seeds", "1", "--epochs", "1", "--jobs", "1", *form]
+    assert demo.main(argv) == 0
+    assert (tmp_path / "elsewhere" / "report.md").is_file()
+    assert not (tmp_path / "results").exists()
+
+
+def test_the_documented_set_examples_survive_a_posix_shell():
+    import shlex
+    from pathlib import Path
+
+    from optlab.cli_lab import COMPARE_EXAMPLE
+
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    texts = [COMPARE_EXAMPLE] + ([readme.read_text()] if readme.is_file() else [])
+    lines = [line for text in texts for line in text.splitlines() if "--set" in line]
+    assert lines
+    for line in lines:
+        command = line.split("#")[0].rstrip(" \\")
+        if not command.strip().startswith(("optlab", "torchrun", "python")):
+            continue
+        words = shlex.split(command)
+        for i, word in enumerate(words):
+            if word == "--set":
+                parse_set(words[i + 1])  # what argparse would receive, shell quoting removed
+        # bash refuses an unquoted "(" in a word: every parenthesis must be quoted.
+        unquoted = "".join(part for k, part in enumerate(command.split("'")) if k % 2 == 0)
+        assert "(" not in unquoted, line
 
 
 def test_default_study_is_digits_with_the_twelve_core_optimizers():
