@@ -10,16 +10,19 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
+from matplotlib.colors import to_rgb
 from PIL import Image
 
 from optlab.cli import main
+from optlab.lab.plots import optimizer_color
 from optlab.lab.trajectories import outputs, plots
 from optlab.lab.trajectories.functions import FUNCTIONS, get_function
-from optlab.lab.trajectories.paper import PAPER_CASES, PaperCase, paper_table
+from optlab.lab.trajectories.paper import PAPER_CASES, PaperCase, paper_table, run_paper
 from optlab.lab.trajectories.run import (
     ESCAPE_FACTOR,
     Trajectory,
@@ -299,9 +302,36 @@ def test_contour_plot_is_a_png_of_the_requested_size(tmp_path, booth_paths):
     path = plots.plot_paths(booth, trajectories, tmp_path / "p.png", figsize=(6.0, 4.0), dpi=50)
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size == (300, 200)
-        # the paths are drawn: the first path colour appears in the picture
-        colours = {c for _, c in image.convert("RGB").getcolors(maxcolors=1 << 20)}
-    assert (0xD5, 0x5E, 0x00) in colours
+        # the paths are drawn: each optimizer's colour appears in the picture
+        colours = _colours(image)
+    assert {_rgb(optimizer_color("sgd")), _rgb(optimizer_color("adam"))} <= colours
+
+
+def _rgb(colour) -> tuple[int, int, int]:
+    return tuple(round(255 * channel) for channel in to_rgb(colour))
+
+
+def _colours(image) -> set[tuple[int, int, int]]:
+    return {c for _, c in image.convert("RGB").getcolors(maxcolors=1 << 20)}
+
+
+def test_an_optimizer_has_the_lab_colour_in_every_figure_whatever_its_position(tmp_path):
+    # Positions differ on purpose: adam is first here, second in the paper figure.
+    booth = get_function("booth")
+    alone = [run_optimizer(booth, name, lr=0.05, steps=30) for name in ("adam", "momentum")]
+    single = plots.plot_paths(booth, alone, tmp_path / "t.png", figsize=(6.0, 4.0), dpi=50)
+    results = run_paper(lr=0.05, steps=30, cases=PAPER_CASES[:2])
+    assert [t.optimizer for t in results[0][2]] == ["momentum", "adam", "adabelief"]
+    panels = [(function, paths, case.label) for case, function, paths in results]
+    paper = plots.plot_panels(panels, tmp_path / "p.png", columns=2, panel_size=(3, 3), dpi=50)
+    with Image.open(single) as first, Image.open(paper) as second:
+        pictures = [_colours(first), _colours(second)]
+    for name in ("adam", "momentum"):
+        for picture in pictures:
+            assert _rgb(optimizer_color(name)) in picture, name
+    for name in ("sgd", "adam", "momentum", "adabelief", "yogi"):
+        assert plots.path_style(name)["color"] == optimizer_color(name)
+    assert plots.path_style("adabelief")["linewidth"] > plots.path_style("adam")["linewidth"]
 
 
 def test_gif_has_several_frames_of_the_requested_size(tmp_path, booth_paths):
@@ -331,6 +361,8 @@ def test_json_record_redraws_the_same_paths(tmp_path, booth_paths):
     for before, after in zip(trajectories, loaded, strict=True):
         np.testing.assert_array_equal(before.points, after.points)
         assert after.hparams == {"lr": 0.05}
+        assert after.effective_hparams == before.effective_hparams
+        assert after.effective_hparams["lr"] == 0.05
     assert data["table"][0]["optimizer"] == "sgd"
 
 
@@ -459,3 +491,105 @@ def test_cli_bad_arguments_print_one_line_and_exit_2(argv, message, capsys, tmp_
     assert code == 2
     assert message in stderr
     assert len(stderr.strip().splitlines()) == 1
+
+
+def _markdown_cells(line: str) -> list[str]:
+    """The cells of one Markdown table row: split at the pipes that are not escaped."""
+    inner = line.strip()[1:-1]
+    return [cell.strip().replace("\\|", "|") for cell in re.split(r"(?<!\\)\|", inner)]
+
+
+def test_markdown_tables_keep_formulas_with_pipes_in_their_column(tmp_path, capsys):
+    code, _, _ = _cli(
+        ["trajectories", "--paper", "--steps", "5", "--lr", "0.01", "--out", str(tmp_path)], capsys
+    )
+    assert code == 0
+    lines = [line for line in (tmp_path / "paper.md").read_text().splitlines() if line[:1] == "|"]
+    header = _markdown_cells(lines[0])
+    rows = [_markdown_cells(line) for line in lines[2:]]
+    assert all(len(row) == len(header) for row in rows), lines
+    formulas = [row[header.index("f")] for row in rows]
+    assert formulas == [case.build().formula for case in PAPER_CASES]
+    assert "|x| + |y|" in formulas
+
+    out = tmp_path / "abs"
+    argv = ["trajectories", "-f", "abs", "-o", "sgd", "--lr", "0.1", "--steps", "5"]
+    code, _, _ = _cli([*argv, "--no-gif", "--out", str(out)], capsys)
+    assert code == 0
+    lines = [line for line in (out / "table.md").read_text().splitlines() if line[:1] == "|"]
+    assert len(_markdown_cells(lines[2])) == len(_markdown_cells(lines[0])) == 7
+
+
+def _small_run(out, capsys, *extra):
+    argv = ["trajectories", "-f", "booth", "-o", "sgd", "--lr", "0.05", "--steps", "5"]
+    return _cli([*argv, "--no-gif", *extra, *(["--out", str(out)] if out else [])], capsys)
+
+
+@pytest.mark.parametrize("command", ["function", "paper", "redraw"])
+def test_out_refuses_a_non_empty_directory_without_our_output(tmp_path, capsys, command):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine\n")
+    if command == "function":
+        code, _, stderr = _small_run(foreign, capsys)
+    elif command == "paper":
+        argv = ["trajectories", "--paper", "--steps", "5", "--out", str(foreign)]
+        code, _, stderr = _cli(argv, capsys)
+    else:
+        assert _small_run(tmp_path / "ours", capsys)[0] == 0
+        argv = ["trajectories", "--redraw", str(tmp_path / "ours"), "--no-gif"]
+        code, _, stderr = _cli([*argv, "--out", str(foreign)], capsys)
+    assert code == 2
+    assert len(stderr.strip().splitlines()) == 1
+    assert "is not empty and holds no optlab trajectories output" in stderr
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+    assert (foreign / "notes.txt").read_text() == "mine\n"
+
+
+def test_out_accepts_a_new_or_empty_directory_our_own_output_and_the_default(
+    tmp_path, capsys, monkeypatch
+):
+    (tmp_path / "empty").mkdir()
+    assert _small_run(tmp_path / "empty", capsys)[0] == 0
+    assert _small_run(tmp_path / "empty", capsys)[0] == 0  # our own output: re-run there
+    (tmp_path / "empty" / "extra.txt").write_text("x")  # ours plus something else: still ours
+    assert _small_run(tmp_path / "empty", capsys)[0] == 0
+    monkeypatch.chdir(tmp_path)
+    assert _small_run(None, capsys)[0] == 0
+    assert _small_run(None, capsys)[0] == 0
+    assert (tmp_path / "results" / "trajectories" / "booth" / "trajectories.json").is_file()
+
+
+def test_default_learning_rate_and_hyper_parameters_are_recorded_with_their_values(
+    tmp_path, capsys
+):
+    # Oracle: torch.optim's own defaults (optlab's Adam and SGD follow torch.optim 2.13).
+    adam = torch.optim.Adam([torch.zeros(1, requires_grad=True)]).defaults
+    sgd = torch.optim.SGD([torch.zeros(1, requires_grad=True)]).defaults
+    argv = ["trajectories", "-f", "booth", "-o", "adam,momentum", "--steps", "5", "--no-gif"]
+    code, stdout, _ = _cli([*argv, "--out", str(tmp_path)], capsys)
+    assert code == 0
+    with (tmp_path / "table.csv").open() as handle:
+        rows = {row["optimizer"]: row for row in csv.DictReader(handle)}
+    assert float(rows["adam"]["lr"]) == adam["lr"]
+    assert float(rows["momentum"]["lr"]) == sgd["lr"]
+    assert rows["adam"]["lr_source"] == "default"
+    recorded = json.loads(rows["adam"]["hparams"])
+    assert recorded["betas"] == list(adam["betas"]) and recorded["eps"] == adam["eps"]
+    assert recorded["weight_decay"] == adam["weight_decay"]
+    assert json.loads(rows["momentum"]["hparams"])["momentum"] == 0.9
+    data = json.loads((tmp_path / "trajectories.json").read_text())
+    effective = data["trajectories"][0]["effective_hparams"]
+    assert effective["lr"] == adam["lr"] and effective["betas"] == list(adam["betas"])
+    assert data["trajectories"][0]["hparams"] == {}  # what was given: nothing
+    assert data["table"][0]["lr"] == adam["lr"]
+    assert f"{adam['lr']:.3g} (default)" in stdout
+
+    paper = tmp_path / "paper"
+    argv = ["trajectories", "--paper", "--steps", "5", "--out", str(paper)]
+    assert _cli(argv, capsys)[0] == 0
+    with (paper / "paper.csv").open() as handle:
+        records = list(csv.DictReader(handle))
+    momentum = next(r for r in records if r["optimizer"] == "momentum")
+    assert json.loads(momentum["hparams"])["momentum"] == 0.9
+    assert json.loads(momentum["hparams"])["lr"] == float(momentum["lr"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import math
 import sys
 from pathlib import Path
@@ -173,13 +174,30 @@ def _list() -> int:
     return 0
 
 
-def _out_dir(args: argparse.Namespace, default: str) -> Path:
-    out = Path(args.out) if args.out else Path("results") / "trajectories" / default
+def _usable_out(out: Path) -> Path:
+    """``out``, created if needed; refused when it holds files but no output of ours.
+
+    As ``optlab compare``: a new or empty directory, or one holding a
+    trajectories.json / paper.json (re-running or redrawing there replaces our
+    own files), never someone else's files.
+    """
+    from optlab.lab.trajectories.outputs import OUR_RECORDS
+
+    if out.is_dir() and any(out.iterdir()) and not any((out / n).is_file() for n in OUR_RECORDS):
+        raise CommandLineError(
+            f"output directory {str(out)!r} is not empty and holds no optlab trajectories "
+            f"output ({' or '.join(OUR_RECORDS)}); refusing to write into it: choose a new "
+            "or empty directory"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise CommandLineError(f"cannot create output directory {str(out)!r}: {error}") from None
     return out
+
+
+def _out_dir(args: argparse.Namespace, default: str) -> Path:
+    return _usable_out(Path(args.out) if args.out else Path("results") / "trajectories" / default)
 
 
 def _run_function(args: argparse.Namespace) -> int:
@@ -353,7 +371,14 @@ def _run_paper(args: argparse.Namespace) -> int:
 
         writer = csv.DictWriter(handle, fieldnames=list(records[0]))
         writer.writeheader()
-        writer.writerows({**r, "start": " ".join(f"{v:g}" for v in r["start"])} for r in records)
+        writer.writerows(
+            {
+                **r,
+                "start": " ".join(f"{v:g}" for v in r["start"]),
+                "hparams": json.dumps(r["hparams"], sort_keys=True),
+            }
+            for r in records
+        )
     files.append(csv_path)
     print(title)
     print(table)
@@ -372,8 +397,6 @@ def _paper_title(optimizers: list[str], lr: float, steps: int, options: dict) ->
 
 
 def _redraw(args: argparse.Namespace) -> int:
-    import json
-
     from optlab.lab.trajectories import outputs, plots
 
     path = Path(args.redraw)
@@ -384,8 +407,7 @@ def _redraw(args: argparse.Namespace) -> int:
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        out = Path(args.out) if args.out else path.parent
-        out.mkdir(parents=True, exist_ok=True)
+        out = _usable_out(Path(args.out)) if args.out else path.parent
         if "cases" in data:
             panels = [
                 (

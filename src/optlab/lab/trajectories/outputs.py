@@ -1,9 +1,13 @@
 """Tables and the JSON record of a trajectories run (everything needed to redraw it).
 
 The JSON holds the function (name, start, window), the settings (steps,
-tolerance, clipping), and per optimizer its hyper-parameters, where the
-learning rate came from (given, tuned with the whole sweep, or the default),
-every iterate and loss. :func:`load_document` turns it back into the
+tolerance, clipping), and per optimizer the hyper-parameters given, every
+effective hyper-parameter (defaults filled in, the learning rate included),
+where the learning rate came from (given, tuned with the whole sweep, or the
+default), every iterate and loss. The CSV carries the effective learning rate
+and hyper-parameters too, so neither depends on today's defaults.
+
+Markdown tables escape ``|`` inside cells (formulas such as ``|x| + |y|``). :func:`load_document` turns it back into the
 function and :class:`~optlab.lab.trajectories.run.Trajectory` records the
 plotting functions take, so pictures can be redrawn without running again.
 """
@@ -22,6 +26,7 @@ from .functions import TestFunction, get_function
 from .run import Trajectory, summary_row
 
 __all__ = [
+    "OUR_RECORDS",
     "TABLE_COLUMNS",
     "document",
     "format_table",
@@ -31,6 +36,9 @@ __all__ = [
     "write_json",
     "write_markdown",
 ]
+
+#: The JSON records this package writes; a directory holding one is trajectories output.
+OUR_RECORDS = ("trajectories.json", "paper.json")
 
 TABLE_COLUMNS = (
     "optimizer",
@@ -58,9 +66,9 @@ def table_rows(
 
 def _cells(row: Mapping[str, Any]) -> list[str]:
     lr = row["lr"]
-    lr_text = "default" if lr is None else f"{lr:.3g}"
-    if row["lr_source"] == "tuned":
-        lr_text += " (tuned)"
+    lr_text = "n/a" if lr is None else f"{lr:.3g}"
+    if row["lr_source"] in ("tuned", "default"):
+        lr_text += f" ({row['lr_source']})"
     point = "(" + ", ".join(f"{v:.4g}" for v in row["final_point"]) + ")"
     return [
         row["optimizer"],
@@ -77,8 +85,15 @@ def format_table(
     rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[str]],
     columns: Sequence[str] = TABLE_COLUMNS,
 ) -> str:
-    """A Markdown table, columns padded so it also reads well on a terminal."""
-    cells = [list(r) if not isinstance(r, Mapping) else _cells(r) for r in rows]
+    """A Markdown table, columns padded so it also reads well on a terminal.
+
+    ``|`` inside a cell is escaped (``\\|``), so formulas such as ``|x| + |y|``
+    stay in their column.
+    """
+    cells = [
+        [_escape(c) for c in (list(r) if not isinstance(r, Mapping) else _cells(r))] for r in rows
+    ]
+    columns = [_escape(c) for c in columns]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
 
     def line(values: Sequence[str]) -> str:
@@ -86,6 +101,11 @@ def format_table(
 
     separator = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(columns), separator, *(line(r) for r in cells)])
+
+
+def _escape(cell: str) -> str:
+    """A Markdown table cell: every ``|`` escaped, so it cannot end the cell."""
+    return str(cell).replace("|", "\\|")
 
 
 def write_markdown(path: str | Path, heading: str, table: str, notes: Sequence[str] = ()) -> Path:
@@ -108,6 +128,7 @@ def write_csv(
         "optimizer",
         "lr",
         "lr_source",
+        "hparams",
         "final_x",
         "final_y",
         "final_distance",
@@ -126,6 +147,7 @@ def write_csv(
                     "optimizer": row["optimizer"],
                     "lr": row["lr"],
                     "lr_source": row["lr_source"],
+                    "hparams": json.dumps(row["hparams"], sort_keys=True),
                     "final_x": point[0],
                     "final_y": point[1],
                     "final_distance": row["final_distance"],
@@ -179,6 +201,7 @@ def document(
             {
                 "optimizer": t.optimizer,
                 "hparams": _plain_hparams(t.hparams),
+                "effective_hparams": t.effective_hparams,
                 "lr_source": t.lr_source,
                 "tuning": t.tuning,
                 "clip_grad_norm": t.clip_grad_norm,
@@ -216,6 +239,7 @@ def trajectories_from(records: Sequence[Mapping[str, Any]]) -> list[Trajectory]:
             lr_source=r["lr_source"],
             clip_grad_norm=r["clip_grad_norm"],
             tuning=r["tuning"],
+            effective_hparams=r.get("effective_hparams"),
         )
         for r in records
     ]

@@ -128,6 +128,11 @@ def paper_table(
                     "start": list(case.start),
                     "optimizer": trajectory.optimizer,
                     "lr": trajectory.lr,
+                    "hparams": dict(
+                        trajectory.effective_hparams
+                        if trajectory.effective_hparams is not None
+                        else trajectory.hparams
+                    ),
                     "steps": trajectory.steps,
                     "steps_to_tolerance": step,
                     "diverged_at": trajectory.diverged_at,

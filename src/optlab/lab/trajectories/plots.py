@@ -5,6 +5,11 @@ never through pyplot, so nothing global changes (no backend switch, no open
 figure windows) and the functions are safe in worker processes. Sizes are
 exact: an image is ``figsize * dpi`` pixels (no tight bounding box), and the
 legend sits outside the axes so it never hides a path.
+
+Every optimizer has one colour everywhere: :func:`path_style` takes it from
+the lab's :func:`optlab.lab.plots.optimizer_style` (AdaBelief thick and black,
+the others tab10 in catalogue order), so a name looks the same in the
+contour plot, the GIF, the paper figure and the lab's curves.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,25 +27,28 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from PIL import Image
 
+from optlab.lab.plots import optimizer_style
+
 from .functions import TestFunction
 from .run import Trajectory
 
-__all__ = ["animate_paths", "plot_panels", "plot_paths"]
+__all__ = ["animate_paths", "path_style", "plot_panels", "plot_paths"]
 
-#: Colour-blind-safe colours (Okabe & Ito), one per optimizer, in order.
-COLOURS = (
-    "#D55E00",
-    "#0072B2",
-    "#009E73",
-    "#CC79A7",
-    "#E69F00",
-    "#56B4E9",
-    "#F0E442",
-    "#000000",
-    "#999999",
-    "#882255",
-)
 GRID_POINTS = 300
+
+
+def path_style(name: str, linewidth: float = 1.6) -> dict[str, Any]:
+    """Colour, line style and width of ``name``'s path: the lab's style for that name,
+    its width scaled so that ``linewidth`` is an ordinary optimizer's."""
+    style = optimizer_style(name)
+    return {
+        "color": style["color"],
+        "linestyle": style["linestyle"],
+        "linewidth": linewidth * style["linewidth"] / _ORDINARY_WIDTH,
+    }
+
+
+_ORDINARY_WIDTH = optimizer_style("adam")["linewidth"]
 
 
 def _figure(figsize: tuple[float, float], dpi: int) -> Figure:
@@ -59,9 +68,9 @@ def _start_text(function: TestFunction) -> str:
 def label_for(trajectory: Trajectory) -> str:
     """Legend text: name, learning rate and where it came from."""
     lr = trajectory.lr
-    lr_text = "default lr" if lr is None else f"lr={lr:.3g}"
-    if trajectory.lr_source == "tuned":
-        lr_text += " (tuned)"
+    lr_text = "lr n/a" if lr is None else f"lr={lr:.3g}"
+    if trajectory.lr_source in ("tuned", "default"):
+        lr_text += f" ({trajectory.lr_source})"
     text = f"{trajectory.optimizer}, {lr_text}"
     if trajectory.diverged_at is not None:
         text += f", diverged at step {trajectory.diverged_at}"
@@ -174,10 +183,12 @@ def _tick_every(steps: int) -> int:
 
 
 def _draw_path(
-    axes, function: TestFunction, trajectory: Trajectory, colour: str, linewidth: float = 1.6
+    axes, function: TestFunction, trajectory: Trajectory, linewidth: float = 1.6
 ) -> None:
+    style = path_style(trajectory.optimizer, linewidth)
+    colour = style["color"]
     x, y = _xy(function, trajectory.points)
-    axes.plot(x, y, color=colour, linewidth=linewidth, alpha=0.9, zorder=3)
+    axes.plot(x, y, **style, alpha=0.9, zorder=3)
     every = _tick_every(trajectory.steps)
     axes.plot(
         x[every:-1:every],
@@ -222,8 +233,7 @@ def _note_divergence(axes, trajectories: Sequence[Trajectory]) -> None:
 
 def _legend_handles(trajectories: Sequence[Trajectory], function: TestFunction) -> list:
     handles = [
-        Line2D([], [], color=COLOURS[i % len(COLOURS)], linewidth=2, label=label_for(t))
-        for i, t in enumerate(trajectories)
+        Line2D([], [], **path_style(t.optimizer, 2.0), label=label_for(t)) for t in trajectories
     ]
     handles.append(
         Line2D(
@@ -288,15 +298,15 @@ def plot_paths(
     else:
         axes, distance_axes = figure.add_subplot(), None
     _draw_landscape(axes, function)
-    for index, trajectory in enumerate(trajectories):
-        _draw_path(axes, function, trajectory, COLOURS[index % len(COLOURS)])
+    for trajectory in trajectories:
+        _draw_path(axes, function, trajectory)
     _draw_start(axes, function)
     steps = max((t.steps for t in trajectories), default=0)
     axes.set_title(_title(function, steps), fontsize=11)
     if distance_axes is not None:
-        for index, trajectory in enumerate(trajectories):
+        for trajectory in trajectories:
             distances = np.maximum(trajectory.distances(function), 1e-300)
-            distance_axes.semilogy(distances, color=COLOURS[index % len(COLOURS)], linewidth=1.6)
+            distance_axes.semilogy(distances, **path_style(trajectory.optimizer))
         distance_axes.set_xlabel("step")
         distance_axes.set_ylabel("distance to the minimum")
         distance_axes.set_title("distance to the minimum", fontsize=11)
@@ -337,10 +347,11 @@ def animate_paths(
     _draw_landscape(axes, function)
     _draw_start(axes, function)
     lines, heads, coordinates = [], [], []
-    for index, trajectory in enumerate(trajectories):
-        colour = COLOURS[index % len(COLOURS)]
+    for trajectory in trajectories:
+        style = path_style(trajectory.optimizer)
+        colour = style["color"]
         coordinates.append(_xy(function, trajectory.points))
-        lines.append(axes.plot([], [], color=colour, linewidth=1.6, zorder=3)[0])
+        lines.append(axes.plot([], [], **style, zorder=3)[0])
         heads.append(
             axes.plot(
                 [],
@@ -403,8 +414,8 @@ def plot_panels(
     axes_grid = figure.subplots(rows, columns, squeeze=False)
     for axes, (function, trajectories, panel_title) in zip(axes_grid.flat, panels, strict=False):
         _draw_landscape(axes, function)
-        for index, trajectory in enumerate(trajectories):
-            _draw_path(axes, function, trajectory, COLOURS[index % len(COLOURS)], 1.4)
+        for trajectory in trajectories:
+            _draw_path(axes, function, trajectory, 1.4)
         _draw_start(axes, function)
         _note_divergence(axes, trajectories)
         axes.set_title(panel_title, fontsize=10)
@@ -415,11 +426,10 @@ def plot_panels(
         Line2D(
             [],
             [],
-            color=COLOURS[i % len(COLOURS)],
-            linewidth=2,
+            **path_style(t.optimizer, 2.0),
             label=f"{t.optimizer}" + ("" if t.lr is None else f" (lr={t.lr:g})"),
         )
-        for i, t in enumerate(first_trajectories)
+        for t in first_trajectories
     ]
     handles += _legend_handles([], first_function)
     handles.append(_tick_handle(max(t.steps for t in first_trajectories)))

@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_LR_GRID",
     "Trajectory",
     "TuningResult",
+    "effective_hparams",
     "run_optimizer",
     "simulate",
     "steps_to_tolerance",
@@ -55,6 +56,9 @@ class Trajectory:
         optimizer: the registry name (or a label for a custom factory).
         hparams: hyper-parameters given explicitly, ``lr`` included when one
             was given or tuned (otherwise the optimizer's default applies).
+        effective_hparams: every option of the run's param group, defaults
+            filled in (see :func:`effective_hparams`), so a record stays
+            reproducible when defaults change; None in records written before.
         points: ``[n, dim]`` float64 iterates, ``points[0]`` the start; a
             diverged run stops at its last finite point.
         steps: the number of steps asked for.
@@ -72,10 +76,14 @@ class Trajectory:
     lr_source: str = "given"
     clip_grad_norm: float | None = None
     tuning: dict[str, Any] | None = field(default=None)
+    effective_hparams: dict[str, Any] | None = None
 
     @property
     def lr(self) -> float | None:
+        """The learning rate the run used: given, tuned, or the optimizer's default."""
         value = self.hparams.get("lr")
+        if value is None and self.effective_hparams is not None:
+            value = self.effective_hparams.get("lr")
         return None if value is None else float(value)
 
     def losses(self, function: TestFunction) -> np.ndarray:
@@ -97,6 +105,38 @@ def _build(
 
         return create_optimizer(groups, optimizer, **hparams)
     return optimizer(groups, **hparams)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready copy of one option value (tuples become lists, tensors numbers)."""
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def effective_hparams(
+    optimizer: str | OptimizerFactory,
+    lr: float | None = None,
+    hparams: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Every option a run of ``optimizer`` uses: its param group with the defaults filled in.
+
+    Built the way :func:`simulate` builds the optimizer (``lr`` None keeps the
+    default), on a throwaway parameter, and read back from ``param_groups``: what
+    the optimizer itself filled in, not a copy of the defaults kept elsewhere.
+    """
+    probe = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    group = {"params": [probe], **({} if lr is None else {"lr": float(lr)})}
+    built = _build(optimizer, [group], dict(hparams or {}))
+    return {
+        key: _plain(value)
+        for key, value in sorted(built.param_groups[0].items())
+        if key != "params"
+    }
 
 
 def simulate(
@@ -206,6 +246,7 @@ def _trajectory(
     lr_source: str,
     clip_grad_norm: float | None,
     tuning: dict[str, Any] | None = None,
+    optimizer: str | OptimizerFactory | None = None,
 ) -> Trajectory:
     kept = points if diverged_at is None else points[:diverged_at]
     full = dict(hparams)
@@ -220,6 +261,7 @@ def _trajectory(
         lr_source=lr_source,
         clip_grad_norm=clip_grad_norm,
         tuning=tuning,
+        effective_hparams=None if optimizer is None else effective_hparams(optimizer, lr, hparams),
     )
 
 
@@ -282,6 +324,7 @@ def tune_lr(
         "tuned",
         clip_grad_norm,
         tuning.to_dict(),
+        optimizer,
     )
 
 
@@ -315,6 +358,7 @@ def run_optimizer(
         steps,
         "default" if lr is None else "given",
         clip_grad_norm,
+        optimizer=optimizer,
     )
 
 
@@ -349,6 +393,11 @@ def summary_row(function: TestFunction, trajectory: Trajectory, tolerance: float
         "optimizer": trajectory.optimizer,
         "lr": trajectory.lr,
         "lr_source": trajectory.lr_source,
+        "hparams": dict(
+            trajectory.effective_hparams
+            if trajectory.effective_hparams is not None
+            else trajectory.hparams
+        ),
         "final_point": [float(v) for v in final_point],
         "final_distance": final_distance,
         "final_loss": final_loss,
