@@ -88,14 +88,18 @@ def effective_hparams(
 
     Implementation flags (:data:`IMPLEMENTATION_FLAGS`) appear only when explicit.
     """
-    values = _recorded_hparams(runs)
-    if values is None:
-        from optlab.optim.registry import get_spec
+    from optlab.optim.registry import get_spec
 
-        try:
-            values = get_spec(optimizer).defaults()
-        except ValueError:  # an optimizer this optlab does not know: show what was given
-            values = {}
+    try:
+        defaults = get_spec(optimizer).defaults()
+    except ValueError:  # an optimizer this optlab does not know: show what was stored
+        defaults = {}
+    recorded = _recorded_hparams(runs)
+    if recorded is None:
+        values = defaults
+    else:  # the registry's order (records store names sorted), then names it lacks
+        values = {name: recorded[name] for name in defaults if name in recorded}
+        values.update(recorded)
     values.update(explicit)
     return {
         name: tuple(value) if isinstance(value, list) else value
