@@ -416,7 +416,7 @@ def run_report(args: argparse.Namespace) -> int:
 def run_tasks(args: argparse.Namespace) -> int:
     from optlab.lab.tasks import get_task, list_tasks
 
-    rows = [["task", "metric", "epochs", "batch", "target", "data", "description"]]
+    rows = [["task", "metric", "epochs", "batch", "target", "data", "tuned on", "description"]]
     for name in list_tasks():
         task = get_task(name)
         direction = "higher better" if task.higher_is_better else "lower better"
@@ -428,6 +428,7 @@ def run_tasks(args: argparse.Namespace) -> int:
                 str(task.batch_size),
                 f"{task.target:g}",
                 "--data-dir" if task.needs_data_dir else "built in",
+                "validation split" if task.validation == "held-out" else "training objective",
                 task.description,
             ]
         )
@@ -443,7 +444,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tasks = subparsers.add_parser(
         "tasks",
         help="list the tasks the lab can train",
-        description="List the lab's tasks: metric, default epochs and batch size, target, data.",
+        description=(
+            "List the lab's tasks: metric, default epochs and batch size, target, data, and\n"
+            "what --tune lr selects on (a held-out validation split, or the training\n"
+            "objective for tasks that hold no data out)."
+        ),
         epilog="example:\n  optlab tasks",
         formatter_class=formatter,
     )

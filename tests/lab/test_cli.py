@@ -95,9 +95,12 @@ def test_tasks_lists_every_task_with_metric_and_target(capsys):
 
     assert main(["tasks"]) == 0
     out = capsys.readouterr().out
+    held_out = {"digits-mlp", "digits-cnn", "mnist-cnn", "cifar10-resnet"}
     for name in list_tasks():
         line = next(line for line in out.splitlines() if line.startswith(name + " "))
         assert get_task(name).metric in line and f"{get_task(name).target:g}" in line
+        tuned_on = "validation split" if name in held_out else "training objective"
+        assert tuned_on in line, line
 
 
 def test_parse_set_reads_python_literals():

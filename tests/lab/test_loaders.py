@@ -122,6 +122,20 @@ def test_mnist_cnn_trains_a_few_steps_on_tiny_idx_files(tmp_path):
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
 
 
+def test_a_training_file_too_small_to_hold_out_validation_data_is_one_clear_line(tmp_path, capsys):
+    from optlab.cli import main
+
+    write_mnist(tmp_path / "data", tiny_mnist(np.random.default_rng(4), train=1))
+    with pytest.raises(DatasetFormatError, match="MNIST training data hold 1 example"):
+        get_task("mnist-cnn").build(0, str(tmp_path / "data"))
+    argv = ["compare", "--task", "mnist-cnn", "--optimizers", "adam", "--data-dir"]
+    argv += [str(tmp_path / "data"), "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert "at least 2 are needed" in error and len(error.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_mnist_files_are_named_with_where_to_get_them(tmp_path):
     arrays = tiny_mnist(np.random.default_rng(3))
     paths = write_mnist(tmp_path, arrays)
