@@ -531,8 +531,7 @@ def _build_quadratic(seed: int, data_dir: str | None, options: Mapping[str, Any]
 
     No validation split (``validation="train"``): the 1000 training points are
     DeepOBS's fixed set, so tuning selects on the training objective, the mean
-    loss over all of them (DeepOBS's ``train_eval`` loss), and the test loss
-    stays untouched by the choice.
+    loss over all of them, and the test loss stays untouched by the choice.
     """
     hessian, train, test = _quadratic_problem_data()
     model = NoisyQuadratic(torch.tensor(hessian))
