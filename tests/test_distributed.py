@@ -11,8 +11,11 @@ one full-batch gradient); the tolerance is atol=2e-6, rtol=1e-5.
 Mixed-precision scenarios run in this process: bf16 autocast, fp16 autocast
 with ``torch.amp.GradScaler`` (a step skipped on inf leaves parameters and
 state untouched), bf16 parameters (optimizers with ``fp32_for_low_precision``
-keep float32 state and equal the float32 update rounded once to bf16), and a
-``torch.compile``-d model (compiled once, reused by every optimizer).
+keep float32 state and equal the float32 update rounded once to bf16; the
+others keep bf16 state, as torch.optim does), fp32 optimizer state for bf16
+parameters of *every* optimizer through float32 master parameters (the
+documented route, docs/distributed.md), and a ``torch.compile``-d model
+(compiled once, reused by every optimizer).
 """
 
 from __future__ import annotations
@@ -238,6 +241,38 @@ def test_bf16_autocast_training_stays_finite_and_lowers_the_loss(name, implement
         optimizer.step()
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert _full_batch_loss(model) < before
+    # float32 parameters under bf16 autocast: the state is float32 for every optimizer
+    assert _state_dtypes(optimizer, model.parameters()) <= {torch.float32}
+
+
+def _state_dtypes(optimizer, params) -> set[torch.dtype]:
+    return {
+        value.dtype
+        for param in params
+        for key, value in optimizer.state[param].items()
+        if key != "step" and torch.is_tensor(value)
+    }
+
+
+class Bf16WithFloat32Master:
+    """The recipe of docs/distributed.md: a bf16 model, the optimizer on float32 copies."""
+
+    def __init__(self, model: nn.Module, make_optimizer) -> None:
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.masters = [nn.Parameter(p.detach().float()) for p in self.params]
+        self.optimizer = make_optimizer(self.masters)
+
+    def step(self) -> None:
+        for master, param in zip(self.masters, self.params, strict=True):
+            master.grad = None if param.grad is None else param.grad.float()
+        self.optimizer.step()
+        with torch.no_grad():
+            for master, param in zip(self.masters, self.params, strict=True):
+                param.copy_(master)  # one rounding to bf16 per step
+
+    def zero_grad(self) -> None:
+        for param in self.params:
+            param.grad = None
 
 
 def _snapshot(model, optimizer):
@@ -328,6 +363,57 @@ def test_bf16_parameters_train_and_keep_the_documented_state_dtype(name, impleme
         if key != "step" and torch.is_tensor(value)
     }
     assert dtypes <= {expected}, f"state dtypes {dtypes}, expected {expected}"
+
+
+@pytest.mark.parametrize(("name", "implementation"), PAIR_PARAMS)
+def test_bf16_model_with_float32_master_parameters_keeps_float32_state_for_every_optimizer(
+    name, implementation
+):
+    model = worker.make_model().to(torch.bfloat16)
+    route = Bf16WithFloat32Master(model, lambda ps: _optimizer(ps, name, implementation))
+    # Oracle: the float32 update on float32 parameters fed the same gradients.
+    twin = [nn.Parameter(m.detach().clone()) for m in route.masters]
+    twin_optimizer = _optimizer(twin, name, implementation)
+    for step in range(5):
+        inputs, targets = worker.batch(step)
+        route.zero_grad()
+        nn.functional.mse_loss(model(inputs.bfloat16()).float(), targets).backward()
+        for param, master in zip(twin, route.params, strict=True):
+            param.grad = master.grad.float()
+        route.step()
+        twin_optimizer.step()
+        assert_identical([m.detach() for m in route.masters], [t.detach() for t in twin], "master")
+        for param, master in zip(route.params, route.masters, strict=True):
+            assert param.dtype == torch.bfloat16
+            assert torch.equal(param.detach(), master.detach().to(torch.bfloat16))
+    dtypes = _state_dtypes(route.optimizer, route.masters)
+    if name != "sgd":  # plain SGD keeps no state tensors
+        assert dtypes == {torch.float32}
+
+
+def test_float32_master_parameters_keep_updates_below_bf16_resolution():
+    # SGD, lr 1e-3, gradient 1 from w = 1: each step is 1e-3, below half of bf16's spacing
+    # at 1 (2**-8 = 0.0039), so bf16 parameters updated in place never move, while the
+    # float32 master reaches 1 - 64e-3 (to float32 rounding) and the model its rounding.
+    direct = nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    direct_optimizer = optimizer_class("sgd")([direct], lr=1e-3)
+    model = nn.Linear(4, 1, bias=False).to(torch.bfloat16)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    route = Bf16WithFloat32Master(model, lambda ps: optimizer_class("sgd")(ps, lr=1e-3))
+    for _ in range(64):
+        direct.grad = torch.ones_like(direct)
+        direct_optimizer.step()
+        route.zero_grad()
+        model.weight.grad = torch.ones_like(model.weight)
+        route.step()
+    assert torch.equal(direct.detach(), torch.ones(4, dtype=torch.bfloat16))
+    expected = 1.0 - 64 * 1e-3
+    torch.testing.assert_close(
+        route.masters[0].detach(), torch.full((1, 4), expected), rtol=0, atol=1e-6
+    )
+    assert torch.equal(model.weight.detach(), torch.full((1, 4), expected).to(torch.bfloat16))
+    assert model.weight[0, 0].item() != 1.0
 
 
 @pytest.fixture(scope="module")
