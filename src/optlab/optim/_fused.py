@@ -61,10 +61,11 @@ fused path unavailable (to test the fallbacks, or to rule it out).
 the measurements in docs/benchmarks.md:
 
 - on CPU, fused when it is available and the group holds at least
-  :data:`FUSED_DEFAULT_MIN_NUMEL` elements: there the first step's compile
-  (a few seconds cold, about a second with a warm cache) is repaid within
-  a few hundred steps, and every step after runs at about
-  ``torch.optim.Adam(fused=True)``'s speed;
+  :data:`FUSED_DEFAULT_MIN_NUMEL` (1M) elements: the first step's compile
+  (10-20 s cold, about 3 s with a warm cache on the 2-core machine
+  measured) is repaid within a few hundred steps, since the foreach and
+  loop paths are 2-6x slower there (their temporaries are parameter-sized);
+  smaller models keep the eager default and never compile;
 - on CUDA, fused only where the group's tensors average at least
   :data:`FUSED_DEFAULT_MIN_MEAN_NUMEL_CUDA` (2M) elements, else foreach as
   torch.optim does: the fused path launches one kernel per tensor (about
@@ -110,7 +111,7 @@ logger = logging.getLogger(__name__)
 
 #: A param group with at least this many elements runs fused by default (when
 #: the fused path is available). Measured: see the module docstring.
-FUSED_DEFAULT_MIN_NUMEL = 1 << 22
+FUSED_DEFAULT_MIN_NUMEL = 1 << 20
 
 #: On CUDA, fused is the default only where tensors average this many elements.
 FUSED_DEFAULT_MIN_MEAN_NUMEL_CUDA = 1 << 21
