@@ -36,7 +36,8 @@ Negative --start values need the '=' form: --start=-2,2.
 Outputs go to --out (default results/trajectories/<function>, or .../paper):
 trajectories.png, trajectories.gif, table.csv, table.md, trajectories.json
 (--paper: paper.png, paper.md, paper.csv, paper.json). --redraw DIR redraws
-the pictures from the JSON without running again.
+the pictures from the JSON without running again. --out must be new, empty,
+or hold earlier trajectories output (its files are replaced).
 """
 
 

@@ -155,6 +155,23 @@ def test_close_after_an_interrupted_run_ends_the_followers_without_raising(monke
     assert not dist.is_initialized()
 
 
+def test_a_run_that_fails_to_set_up_raises_on_the_driver_and_the_followers_keep_serving(
+    caplog,
+):
+    session = distributed.start(nproc=2, timeout=timedelta(minutes=3))
+    assert session is not None
+    try:
+        bad = RunSpec("cancer-logreg", "adam", {"lr": -1.0}, seed=0, epochs=1)
+        with pytest.raises(ValueError, match="lr"):
+            session.train(bad)
+        good = SPECS["quadratic-no-targets"]
+        assert_same_history(session.train(good), one_process(good))
+    finally:
+        session.close()
+    assert not session._followers[0].is_alive()
+    assert session._followers[0].exitcode == 0  # told to leave, not terminated
+
+
 def test_compare_refuses_jobs_with_nproc(capsys):
     code = main(["compare", "--task", "cancer-logreg", "--jobs", "2", "--nproc", "2"])
     assert code == 2
@@ -210,7 +227,7 @@ def test_compare_under_torchrun_stores_the_one_process_results(tmp_path):
 # Ctrl-C: the terminal sends SIGINT to the whole foreground process group. Each run
 # takes a few seconds, so the interrupt lands while the follower trains run 2.
 INTERRUPTED_STUDY = ["--task", "digits-mlp", "--optimizers", "adam,sgd", "--seeds", "1"]
-INTERRUPTED_STUDY += ["--epochs", "25", "-q", "--nproc", "2"]
+INTERRUPTED_STUDY += ["--epochs", "12", "-q", "--nproc", "2"]
 
 
 @pytest.mark.slow
@@ -249,6 +266,7 @@ def test_ctrl_c_under_nproc_is_one_line_and_exit_130_and_the_same_command_resume
         "command to resume"
     ], stderr[-3000:]
     assert lines[0].startswith("optlab compare: digits-mlp")
+    assert sorted(path.name for path in (out / "runs").glob("*.json")) == sorted(first)
 
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
