@@ -279,6 +279,27 @@ def test_fused_true_without_a_compiler_raises_a_clear_error(monkeypatch):
         optimizer_class("yogi")([torch.nn.Parameter(torch.zeros(3))], fused=True)
 
 
+def test_fused_group_added_later_or_loaded_without_a_compiler_is_refused_and_changes_nothing(
+    monkeypatch,
+):
+    monkeypatch.setenv("OPTLAB_DISABLE_FUSED", "1")
+    first, second = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    optimizer = optimizer_class("adam")([first], foreach=False)
+    with pytest.raises(RuntimeError, match="disabled by OPTLAB_DISABLE_FUSED"):
+        optimizer.add_param_group({"params": [second], "fused": True})
+    assert len(optimizer.param_groups) == 1
+
+    # torch.optim.Adam(fused=True)'s checkpoint asks for the fused path in its groups.
+    reference = torch.optim.Adam([torch.nn.Parameter(torch.ones(3))])
+    checkpoint = reference.state_dict()
+    checkpoint["param_groups"][0]["fused"] = True
+    before = copy.deepcopy(optimizer.state_dict())
+    with pytest.raises(RuntimeError, match="disabled by OPTLAB_DISABLE_FUSED"):
+        optimizer.load_state_dict(checkpoint)
+    assert optimizer.state_dict() == before
+    assert optimizer.param_groups[0]["fused"] is None
+
+
 def _failing_compile(self, num_scalars):
     raise _fused.FusedCompileError("simulated: the C++ compiler crashed")
 

@@ -226,9 +226,6 @@ class OptlabOptimizer(Optimizer):
         defaults.setdefault("fused", None)
         self._check_all(defaults, where="")
         super().__init__(params, defaults)
-        for group in self.param_groups:
-            if group["fused"]:
-                _fused.require_fused(type(self).__name__, group["params"])
         self._warned_fused_fallback = False
 
     # ----- validation ------------------------------------------------------
@@ -258,6 +255,11 @@ class OptlabOptimizer(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         candidate = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
         self._check_all(candidate, where=f"param group {len(self.param_groups)}")
+        if candidate["fused"]:  # checked before the group is added: a refusal changes nothing
+            params = param_group["params"]
+            params = [params] if isinstance(params, Tensor) else list(params)
+            param_group = {**param_group, "params": params}
+            _fused.require_fused(type(self).__name__, params)
         super().add_param_group(param_group)
 
     # ----- state ------------------------------------------------------------
@@ -357,7 +359,9 @@ class OptlabOptimizer(Optimizer):
             implementation = self._implementation(group, params)
             try:
                 self._update_group(group, real_params, real_grads, states, implementation)
-            except _fused.FusedCompileError as error:  # raised before any tensor changed
+            # Raised before any tensor of this group changed; groups before it in this
+            # step have been updated (a compiler failing for one dtype only).
+            except _fused.FusedCompileError as error:
                 if group.get("fused"):
                     if self.counts_steps:
                         torch._foreach_sub_([state["step"] for state in states], 1.0)
@@ -456,6 +460,8 @@ class OptlabOptimizer(Optimizer):
                 )
             merged = {**self.defaults, **{k: v for k, v in saved.items() if k != "params"}}
             self._check_all(merged, where=f"checkpoint param group {index}")
+            if merged["fused"]:  # e.g. torch.optim.Adam(fused=True)'s checkpoint
+                _fused.require_fused(type(self).__name__, group["params"])
         id_map = dict(
             zip(
                 chain.from_iterable(g["params"] for g in saved_groups),

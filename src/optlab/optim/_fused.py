@@ -122,7 +122,7 @@ _SCRATCH_NUMEL = 4099
 
 
 class FusedCompileError(RuntimeError):
-    """A fused kernel could not be compiled (raised before any tensor changed)."""
+    """A fused kernel could not be compiled (raised before any tensor of the group changed)."""
 
 
 # --------------------------------------------------------------------------
