@@ -35,6 +35,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib
+import inspect
 import io
 import json
 import os
@@ -369,6 +371,11 @@ def run_regime(
             for path, flags in TORCH_PATHS.items():
                 if name == "adam" and path == "fused":
                     continue  # measured first, as the yardstick
+                torch_class = getattr(
+                    importlib.import_module("torch.optim"), TORCH_EQUIVALENT[name][0]
+                )
+                if "fused" in flags and "fused" not in inspect.signature(torch_class).parameters:
+                    continue  # torch has no fused Adadelta / RMSprop
                 row = Row(regime, name, "torch.optim", path, bytes_per_param=BYTES_PER_PARAM[name])
                 add(row, torch_factory(name, flags))
                 if path == torch_default and not row.note:
