@@ -211,3 +211,46 @@ def test_torch_2_0_sgd_checkpoint_with_momentum_buffer_none_continues_like_torch
         ours.step()
         reference.step()
     assert torch.equal(ours_params[0], torch_params[0])
+
+
+@pytest.mark.parametrize(
+    ("name", "switch", "extra_state"),
+    [
+        ("Adam", {"amsgrad": True}, {"max_exp_avg_sq"}),
+        ("RMSprop", {"momentum": 0.5, "centered": True}, {"momentum_buffer", "grad_avg"}),
+    ],
+)
+def test_option_switched_on_mid_run_starts_its_state_at_zero_like_a_primed_torch_optimizer(
+    name, switch, extra_state
+):
+    torch.manual_seed(0)
+    ours_params = [torch.nn.Parameter(torch.randn(4, 3, dtype=torch.float64))]
+    torch_params = [torch.nn.Parameter(ours_params[0].detach().clone())]
+    ours = getattr(optlab, name)(ours_params, lr=0.01)
+    for _ in range(3):
+        ours_params[0].grad = torch.randn(4, 3, dtype=torch.float64)
+        ours.step()
+    ours.param_groups[0].update(switch)
+    # Oracle: torch.optim with the option on from the start of this segment,
+    # its new state primed at zero and the rest copied from ours.
+    checkpoint = copy.deepcopy(ours.state_dict())
+    checkpoint["param_groups"][0].update(switch)
+    for key in extra_state:
+        checkpoint["state"][0][key] = torch.zeros(4, 3, dtype=torch.float64)
+    torch_params[0].data.copy_(ours_params[0].detach())
+    reference = getattr(torch.optim, name)(torch_params, lr=0.01, **switch)
+    reference.load_state_dict(checkpoint)
+    for _ in range(5):
+        gradient = torch.randn(4, 3, dtype=torch.float64)
+        ours_params[0].grad, torch_params[0].grad = gradient.clone(), gradient.clone()
+        ours.step()
+        reference.step()
+    assert extra_state <= set(ours.state[ours_params[0]])
+    torch.testing.assert_close(ours_params[0], torch_params[0], rtol=1e-12, atol=0)
+    for key in extra_state:
+        torch.testing.assert_close(
+            ours.state[ours_params[0]][key],
+            reference.state[torch_params[0]][key],
+            rtol=1e-12,
+            atol=0,
+        )

@@ -286,11 +286,7 @@ class OptlabOptimizer(Optimizer):
 
     def _required_state_keys(self, group: Mapping[str, Any]) -> set[str]:
         """Keys a non-empty state must hold under ``group``'s options."""
-        return set(self._init_state_keys_for(group))
-
-    def _init_state_keys_for(self, group: Mapping[str, Any]) -> Iterable[str]:
-        probe = torch.zeros(1)
-        return self._init_state(probe, group).keys()
+        return set(self._init_state(torch.zeros(1), group))
 
     def _real_states(self, states: list[dict[str, Any]]) -> dict[str, list[Tensor]]:
         """Per state key present in every state: the list of (real views of) its tensors."""
@@ -377,6 +373,7 @@ class OptlabOptimizer(Optimizer):
         self, group: dict[str, Any], group_index: int
     ) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]:
         params, grads, states = [], [], []
+        full_size: int | None = None  # keys a complete state holds, counted once per group
         for param_index, param in enumerate(group["params"]):
             grad = param.grad
             if grad is None:
@@ -392,6 +389,14 @@ class OptlabOptimizer(Optimizer):
                 if self.counts_steps:
                     state["step"] = torch.tensor(0.0, dtype=torch.float32)
                 state.update(self._init_state(param, group))
+            else:
+                if full_size is None:
+                    full_size = len(self._required_state_keys(group)) + self.counts_steps
+                if len(state) < full_size:
+                    # An option that needs more state (amsgrad, centered, momentum) was
+                    # switched on in this group after the state was made: start it at zero.
+                    for key, value in self._init_state(param, group).items():
+                        state.setdefault(key, value)
             params.append(param)
             grads.append(grad)
             states.append(state)

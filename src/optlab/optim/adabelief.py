@@ -445,10 +445,6 @@ class AdaBelief(OptlabOptimizer):
 
     def _update_group(self, group, params, grads, states, implementation) -> None:
         amsgrad = group["amsgrad"]
-        if amsgrad:  # amsgrad switched on after a checkpoint written without it
-            for state in states:
-                if "max_exp_avg_var" not in state:
-                    state["max_exp_avg_var"] = torch.zeros_like(state["exp_avg_var"])
         real = self._real_states(states)
         beta1, beta2 = group["betas"]
         adabelief(

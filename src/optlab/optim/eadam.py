@@ -246,10 +246,6 @@ class EAdam(OptlabOptimizer):
 
     def _update_group(self, group, params, grads, states, implementation) -> None:
         amsgrad = group["amsgrad"]
-        if amsgrad:  # amsgrad switched on after a checkpoint written without it
-            for state in states:
-                if "max_exp_avg_sq" not in state:
-                    state["max_exp_avg_sq"] = torch.zeros_like(state["exp_avg_sq"])
         real = self._real_states(states)
         beta1, beta2 = group["betas"]
         eadam(

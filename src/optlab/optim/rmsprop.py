@@ -269,11 +269,6 @@ class RMSprop(OptlabOptimizer):
 
     def _update_group(self, group, params, grads, states, implementation) -> None:
         momentum, centered = group["momentum"], group["centered"]
-        for state in states:  # options switched on after a checkpoint written without them
-            if momentum > 0 and "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(state["square_avg"])
-            if centered and "grad_avg" not in state:
-                state["grad_avg"] = torch.zeros_like(state["square_avg"])
         real = self._real_states(states)
         rmsprop(
             params,
