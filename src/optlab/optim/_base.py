@@ -323,16 +323,34 @@ class OptlabOptimizer(Optimizer):
                 )
             return "foreach"
         foreach = group.get("foreach")
+        if foreach is not None:
+            return "foreach" if foreach else "loop"
+        return self._default_implementation(group)
+
+    def _default_implementation(self, group: Mapping[str, Any]) -> str:
+        """What ``foreach=None`` picks for ``group``, decided on all its parameters.
+
+        The choice is made once per group and kept while its parameter list stays
+        the same: looking at every tensor again costs ~0.4 ms a step for 500
+        tensors, more than a tenth of a fused step.
+        """
+        members = group["params"]
+        choices = self.__dict__.setdefault("_default_choices", {})
+        known = choices.get(id(group))
+        if known is not None and known[0] is members and known[1] == len(members):
+            return known[2]
         if (
-            foreach is None
-            and group.get("fused") is None
+            group.get("fused") is None
             and "fused" in self.implementations
-            and _fused.prefer_fused(params)
+            and _fused.prefer_fused(members)
         ):
-            return "fused"  # measured: see optlab.optim._fused
-        if foreach is None:
-            foreach = all(type(p) in _FOREACH_TYPES for p in params)
-        return "foreach" if foreach else "loop"
+            choice = "fused"  # measured: see optlab.optim._fused
+        elif all(type(p) in _FOREACH_TYPES for p in members):
+            choice = "foreach"
+        else:
+            choice = "loop"
+        choices[id(group)] = (members, len(members), choice)
+        return choice
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -363,6 +381,7 @@ class OptlabOptimizer(Optimizer):
                         torch._foreach_sub_([state["step"] for state in states], 1.0)
                     raise
                 _fused.note_default_failure(params[0].device.type, error)
+                self.__dict__.get("_default_choices", {}).pop(id(group), None)
                 implementation = self._implementation(group, params)
                 self._update_group(group, real_params, real_grads, states, implementation)
             for i, original in zip(low_precision, originals, strict=True):
