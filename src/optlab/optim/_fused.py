@@ -12,34 +12,46 @@ with OpenMP and SIMD on CPU, Triton on CUDA, from the same Python source.
 How the compile cost is kept constant in the number of parameters
 ------------------------------------------------------------------
 
-- One kernel per *signature*: (rule, static flags such as ``amsgrad`` or
-  ``maximize``, device type, dtype; on CPU also single- or multi-threaded,
-  below or above :data:`SERIAL_MAX_NUMEL` elements, as ATen's own fused
-  kernels split work). It is traced once with ``dynamic=True``
-  on 1-D scratch tensors, so the element count is a symbol: the same kernel
-  serves every parameter of every shape. 64 or 500 parameter tensors cost
-  one compile, not 64 or 500.
+- One kernel per *signature*: (rule, the options that add a state tensor
+  such as ``amsgrad``, RMSprop's ``centered`` or SGD's ``momentum``, device,
+  dtype). Every other option is a runtime scalar: ``maximize`` multiplies
+  the gradient by -1.0 or 1.0 (exact), L2 weight decay is selected with
+  ``torch.where`` on its coefficient, decoupled decay multiplies by a factor
+  that is 1.0 when off, Nesterov and AdaBelief's rectification select
+  between forms. So a model whose biases have no weight decay, or a switch
+  of ``maximize``, costs no second compile, and AdaBelief's 128 option
+  combinations run on two kernels.
+- A kernel updates a *bucket* of :data:`BUCKET_SIZE` tensor sets (param,
+  grad, state) at once: the rule is applied to each set of a generated
+  function of ``BUCKET_SIZE`` x (tensors per set) arguments, traced once
+  with ``dynamic=True`` on 1-D scratch tensors of distinct sizes, so every
+  set's element count is its own symbol and the same kernel serves
+  parameters of any shapes. Inductor emits one C++ function (one OpenMP
+  parallel region) or one Triton launch sequence per bucket. 64 or 500
+  parameter tensors cost one compile, not 64 or 500, and the per-call host
+  cost is paid once per bucket; the last bucket of a step is padded with
+  empty tensors, for which the kernel's loops do nothing.
 - Hyper-parameters (lr, betas, eps, weight decay) and the step-dependent
   factors (bias corrections, AdaBelief's rectification) are computed on the
   host in float64 and passed in a small float64 tensor, so a scheduler
-  changing ``lr``, a new step or a changed beta never recompiles. Only the
-  static flags are baked in, and each signature is compiled at most once
-  per process (and read from Inductor's on-disk cache in the next one).
-- After the compile, the kernel is called directly: Inductor's generated
-  ``call`` receives the tensors and their element counts, without Dynamo's
-  per-call guard evaluation (about 25 us a call on a 2-core machine, more
-  than the kernel itself for a 4096-element tensor). The guards' job is done
+  changing ``lr``, a new step or a changed beta never recompiles. Each
+  signature is compiled at most once per process (and read from
+  Inductor's on-disk cache in the next one).
+- After the compile, the kernel is called directly: without Dynamo's
+  per-call guard evaluation (about 25 us a call on a 2-core machine), and on
+  CPU without Inductor's Python wrapper either, which unpacks and checks
+  every argument: the generated C++ function is called with the argument
+  order recorded from one call on scratch tensors. The guards' job is done
   here instead: a kernel is looked up by its signature, and only contiguous
-  tensors of that device and dtype reach it. The layout checks of the
-  generated code are switched off so that contiguous N-D tensors are passed
-  as they are (the C++ kernel indexes them linearly; creating 1-D views
-  costs a few microseconds per tensor per step on a small CPU). Before
-  first use, each kernel is checked against the eager rule on N-D scratch
-  tensors; where that fails (Triton kernels check dimensions themselves) it
-  is checked again with 1-D views, which are then passed; should both fail
-  with some torch version, the kernel is called through Dynamo (correct,
-  slower) and a debug log says so. Tensors that are not contiguous run the
-  same rule eagerly.
+  tensors of that device and dtype reach it. Contiguous N-D tensors are
+  passed as they are (the kernel indexes them linearly). Before first use,
+  each way of calling a kernel is checked against the eager rule on N-D
+  scratch tensors, with two sets of equal size and an empty one; where the
+  direct call of the C++ function fails that check, the wrapper is called,
+  where that fails too (Triton checks dimensions) it is called with 1-D
+  views, and should all fail with some torch version, the kernel is called
+  through Dynamo (correct, slower) and a debug log says so. Tensors that are
+  not contiguous run the same rule eagerly.
 - No per-step temporaries: the kernel writes into ``p`` and the state in
   place; the only allocation per step is the float64 scalar vector.
 
@@ -84,12 +96,10 @@ group with the eager implementation instead; later steps do not retry.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import shutil
 import threading
-import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -211,6 +221,19 @@ def note_default_failure(device_type: str, error: BaseException) -> None:
 # Kernels.
 # --------------------------------------------------------------------------
 
+
+def signed_grad(param: Tensor, grad: Tensor, sign: Tensor, l2: Tensor) -> Tensor:
+    """``maximize`` and L2 weight decay as runtime scalars, for the elementwise rules.
+
+    ``sign`` is -1.0 to maximize, else 1.0 (multiplying by either is exact);
+    ``l2`` is the L2 coefficient, 0.0 for none (then the gradient passes
+    unchanged, not as ``grad + 0 * param``, which would turn an infinite
+    parameter into NaN). One kernel then serves every value of both options.
+    """
+    grad = grad * sign
+    return torch.where(l2 != 0, grad + l2 * param, grad)
+
+
 _compiles = 0
 _lock = threading.Lock()
 
@@ -224,8 +247,41 @@ def _no_layout_check(*args: Any, **kwargs: Any) -> None:
     return None
 
 
+def _bucket_function(
+    rule: Callable[..., None], present: tuple[bool, ...], arity: int, flags: Mapping[str, Any]
+) -> tuple[Callable[..., None], list[str]]:
+    """``rule`` applied to ``arity`` tensor sets, as one function of named tensor arguments.
+
+    Generated source (rather than ``*args``) so that every graph input maps to
+    a named argument, and a fresh code object per signature: Dynamo keys its
+    cache (and its recompile limit) on the code object, and every signature is
+    a separate kernel, not a recompile of one.
+    """
+    names, calls = [], []
+    for slot in range(arity):
+        arguments = []
+        for index, given in enumerate(present):
+            if given:
+                names.append(f"t{slot}_{index}")
+                arguments.append(names[-1])
+            else:
+                arguments.append("None")
+        calls.append(f"    rule({', '.join(arguments)}, scalars, **flags)")
+    suffix = "_".join(f"{k}{int(v) if isinstance(v, bool) else v}" for k, v in flags.items())
+    function_name = f"{rule.__name__}__x{arity}__{suffix}"[:200]
+    source = f"def {function_name}({', '.join(names)}, scalars):\n" + "\n".join(calls) + "\n"
+    namespace: dict[str, Any] = {"rule": rule, "flags": dict(flags)}
+    exec(compile(source, f"<optlab fused {function_name}>", "exec"), namespace)  # noqa: S102
+    return namespace[function_name], [*names, "scalars"]
+
+
 class _Kernel:
-    """One compiled rule for one signature, called directly after its first compile."""
+    """One compiled rule for one signature, over a bucket of ``arity`` tensor sets.
+
+    After its first compile it is called directly (Inductor's generated
+    ``call``), one call per bucket; unused slots of the last bucket get empty
+    tensors, for which the kernel's loops do nothing.
+    """
 
     def __init__(
         self,
@@ -234,24 +290,21 @@ class _Kernel:
         present: tuple[bool, ...],
         device: torch.device,
         dtype: torch.dtype,
-        serial: bool = False,
+        arity: int,
     ) -> None:
         self.rule = rule
-        self.serial = serial
         self.flags = dict(flags)
-        self.present = present  # which tensor arguments are given (not None)
-        self.present_at = {index for index, given in enumerate(present) if given}
+        self.present = present  # which tensor arguments of the rule are given (not None)
+        self.width = sum(present)  # given tensors per set
+        self.arity = arity
         self.device = device
         self.dtype = dtype
-        self.names = [
-            name
-            for name, parameter in inspect.signature(rule).parameters.items()
-            if parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
-        ]
+        self.function, self.names = _bucket_function(rule, present, arity, flags)
+        self.padding = tuple(torch.empty(0, device=device, dtype=dtype) for _ in range(self.width))
         self._compiled: Callable[..., Any] | None = None
         self._direct: Callable[[list[Any]], Any] | None = None
         self._plan: list[tuple[int, bool]] | None = None
-        self._runner: Callable[[tuple[Tensor, ...], Tensor], Any] | None = None
+        self._runner: Callable[[Sequence[Tensor], Tensor], Any] | None = None
         self._flat = False  # pass 1-D views instead of the tensors themselves
 
     # ----- compile ----------------------------------------------------------
@@ -271,32 +324,20 @@ class _Kernel:
             captured["plan"] = self._plan_from(graph)
             return compile_fx(graph, example_inputs, inner_compile=inner_compile)
 
-        # A fresh code object per signature: Dynamo keys its cache (and its
-        # recompile limit) on the code object, and every signature is a
-        # separate kernel, not a recompile of one.
-        code = self.rule.__code__
-        suffix = "_".join(
-            f"{k}{int(v) if isinstance(v, bool) else v}" for k, v in self.flags.items()
-        )
-        fresh = types.FunctionType(
-            code.replace(co_name=f"{code.co_name}__{suffix}"[:200]),
-            self.rule.__globals__,
-            self.rule.__name__,
-            self.rule.__defaults__,
-            self.rule.__closure__,
-        )
-        compiled = torch.compile(fresh, dynamic=True, fullgraph=True, backend=backend)
-        scratch = self._scratch(num_scalars, seed=0)
+        compiled = torch.compile(self.function, dynamic=True, fullgraph=True, backend=backend)
+        # Distinct sizes per slot (Dynamo gives equal sizes one symbol), none 0 or 1.
+        sizes = [_SCRATCH_NUMEL + 2 * slot for slot in range(self.arity)]
+        scratch = self._scratch([(size,) for size in sizes], num_scalars, seed=0)
         try:
             with (
                 torch.no_grad(),
                 torch._functorch.config.patch(enable_autograd_cache=False),
-                torch._inductor.config.patch(_inductor_options(self.serial)),
+                torch._inductor.config.patch(_INDUCTOR_OPTIONS),
             ):
-                compiled(*scratch, **self.flags)
+                compiled(*scratch)
         except Exception as error:
             raise FusedCompileError(
-                f"compiling the fused kernel {self.rule.__name__}({suffix}) for "
+                f"compiling the fused kernel {self.function.__name__} for "
                 f"{self.device.type}/{self.dtype} failed: {type(error).__name__}: {error}"
             ) from error
         with _lock:
@@ -306,7 +347,7 @@ class _Kernel:
         direct = getattr(output, "current_callable", None)
         plan = captured.get("plan")
         if direct is None or plan is None:
-            logger.debug("optlab fused: no direct call for %s; calling through Dynamo", suffix)
+            logger.debug("optlab fused: no direct call for %s", self.function.__name__)
             return
         function = getattr(direct, "__func__", direct)
         module_globals = getattr(function, "__globals__", {})
@@ -318,9 +359,64 @@ class _Kernel:
         for flat in (False, True):
             self._flat, self._runner = flat, None
             if self._direct_matches_eager(num_scalars):
+                self._call_kernel_directly(num_scalars)
                 return
-        logger.debug("optlab fused: direct call of %s disagrees; calling through Dynamo", suffix)
+        logger.debug("optlab fused: direct call of %s disagrees", self.function.__name__)
         self._direct = self._plan = self._runner = None
+
+    def _call_kernel_directly(self, num_scalars: int) -> None:
+        """Skip Inductor's Python wrapper where it only forwards to one C++ kernel.
+
+        The generated ``call`` unpacks every argument and checks each tensor's
+        layout (~10 us a bucket on a 2-core machine). Where it calls exactly one
+        ``cpp_fused_*`` kernel with our tensors and their element counts, the
+        runner calls that kernel itself, with the argument order recorded from
+        one call on scratch tensors of distinct sizes; checked against the
+        eager rule like every runner, else the wrapper is kept.
+        """
+        function = getattr(self._direct, "__func__", self._direct)
+        module_globals = getattr(function, "__globals__", {})
+        names = [name for name in module_globals if name.startswith("cpp_fused_")]
+        if self._flat or len(names) != 1:
+            return
+        name = names[0]
+        kernel = module_globals[name]
+        recorded: list[tuple[Any, ...]] = []
+
+        def record(*args: Any) -> Any:
+            recorded.append(args)
+            return kernel(*args)
+
+        shapes = [(_SCRATCH_NUMEL + 2 * slot + 1,) for slot in range(self.arity)]
+        scratch = self._scratch(shapes, num_scalars, seed=2)
+        module_globals[name] = record
+        try:
+            with torch.no_grad():
+                self._runner(scratch[:-1], scratch[-1])
+        except Exception as error:  # pragma: no cover - depends on the torch version
+            logger.debug("optlab fused: recording the kernel call raised %r", error)
+            return
+        finally:
+            module_globals[name] = kernel
+        if len(recorded) != 1:
+            return
+        position = {id(tensor): index for index, tensor in enumerate(scratch)}
+        items = []
+        for value in recorded[0]:
+            if isinstance(value, Tensor) and id(value) in position:
+                index = position[id(value)]
+                items.append("h" if index == len(scratch) - 1 else f"t[{index}]")
+            elif type(value) is int and value in (shape[0] for shape in shapes):
+                slot = [shape[0] for shape in shapes].index(value)
+                items.append(f"t[{slot * self.width}].numel()")
+            else:
+                return
+        wrapper_runner = self._runner
+        source = f"lambda t, h: kernel({', '.join(items)})"
+        self._runner = eval(source, {"kernel": kernel})  # noqa: S307 - generated above
+        if not self._direct_matches_eager(num_scalars):
+            logger.debug("optlab fused: calling %s directly disagrees; keeping its wrapper", name)
+            self._runner = wrapper_runner
 
     def _plan_from(self, graph: torch.fx.GraphModule) -> list[tuple[int, bool]] | None:
         """Map the graph's inputs to (argument index, is-its-element-count)."""
@@ -343,73 +439,63 @@ class _Kernel:
             plan.append((self.names.index(name), is_size))
         return plan
 
-    def _scratch(self, num_scalars: int, seed: int, shape: tuple[int, ...] = ()) -> list[Any]:
+    def _scratch(
+        self, shapes: Sequence[tuple[int, ...]], num_scalars: int, seed: int
+    ) -> list[Tensor]:
+        """Positive random tensors, one set per shape, then the scalar vector."""
         generator = torch.Generator().manual_seed(seed)
-        shape = shape or (_SCRATCH_NUMEL,)
-        args: list[Any] = []
-        for present in self.present:
-            if not present:
-                args.append(None)
-                continue
-            values = torch.rand(shape, generator=generator, dtype=torch.float64) + 0.5
-            args.append(values.to(device=self.device, dtype=self.dtype))
+        args = []
+        for shape in shapes:
+            for _ in range(self.width):
+                values = torch.rand(shape, generator=generator, dtype=torch.float64) + 0.5
+                args.append(values.to(device=self.device, dtype=self.dtype))
         scalars = torch.rand(num_scalars, generator=generator, dtype=torch.float64) * 0.5 + 0.25
         args.append(scalars.to(self.device))
         return args
 
     def _direct_matches_eager(self, num_scalars: int) -> bool:
-        # An N-D scratch: the direct call must index it linearly, as a 1-D one.
-        shape = (3, _SCRATCH_NUMEL // 3 + 1)
-        direct_args = self._scratch(num_scalars, seed=1, shape=shape)
-        eager_args = self._scratch(num_scalars, seed=1, shape=shape)
+        # N-D tensors (to be indexed linearly), equal sizes in two slots, and,
+        # when the bucket has room, an empty last slot (the padding).
+        shapes = [(3, _SCRATCH_NUMEL // 3 + 1 + slot % 2) for slot in range(self.arity)]
+        if self.arity > 1:
+            shapes[-1] = (0,)
+        direct_args = self._scratch(shapes, num_scalars, seed=1)
+        eager_args = self._scratch(shapes, num_scalars, seed=1)
         try:
             with torch.no_grad():
-                self.run(direct_args[:-1], direct_args[-1])
-                self.rule(*eager_args, **self.flags)
+                self.runner()(direct_args[:-1], direct_args[-1])
+                self.function(*eager_args)
         except Exception as error:
             logger.debug("optlab fused: direct call raised %r", error)
             return False
         return all(
-            a is None or torch.allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)
+            torch.allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)
             for a, b in zip(direct_args, eager_args, strict=True)
         )
 
     # ----- run --------------------------------------------------------------
 
-    def run(self, tensors: Sequence[Tensor | None], scalars: Tensor) -> None:
-        """Update one tensor set in place (contiguous, this kernel's device and dtype)."""
-        self.runner()(tuple(t for t in tensors if t is not None), scalars)
-
-    def runner(self) -> Callable[[tuple[Tensor, ...], Tensor], Any]:
-        """``run`` for the given tensors only (no ``None``s), with the least work per call.
+    def runner(self) -> Callable[[Sequence[Tensor], Tensor], Any]:
+        """``run(tensors, scalars)``: ``tensors`` holds ``arity`` sets of the given tensors.
 
         The direct call's argument list is built by a function generated once
-        from the graph's input plan: the hot loop then costs one Python call
-        and one list display per tensor.
+        from the graph's input plan: a bucket then costs one Python call and
+        one list display.
         """
         if self._runner is not None:
             return self._runner
         if self._direct is None:
-            positions = [i for i, present in enumerate(self.present) if present]
+            compiled = self._compiled
 
-            def through_dynamo(given: tuple[Tensor, ...], scalars: Tensor) -> Any:
-                args: list[Any] = [None] * len(self.present)
-                for position, tensor in zip(positions, given, strict=True):
-                    args[position] = tensor
-                return self._compiled(*args, scalars, **self.flags)
+            def through_dynamo(tensors: Sequence[Tensor], scalars: Tensor) -> Any:
+                return compiled(*tensors, scalars)
 
             self._runner = through_dynamo
             return self._runner
-        # Rule argument index -> index among the given (non-None) tensors, or the scalars.
-        given_index = {}
-        for index, present in enumerate(self.present):
-            if present:
-                given_index[index] = f"t[{len(given_index)}]"
-        given_index[len(self.present)] = "h"
+        scalars_index = len(self.names) - 1
         view = ".view(-1)" if self._flat else ""
         items = [
-            given_index[index]
-            + (".numel()" if is_size else view if index in self.present_at else "")
+            "h" if index == scalars_index else f"t[{index}]" + (".numel()" if is_size else view)
             for index, is_size in self._plan
         ]
         source = f"lambda t, h: direct([{', '.join(items)}])"
@@ -419,13 +505,12 @@ class _Kernel:
 
 _kernels: dict[tuple[Any, ...], _Kernel] = {}
 
+# One kernel compiles in-process faster than through a pool of compile workers.
+_INDUCTOR_OPTIONS: dict[str, Any] = {"compile_threads": 1}
 
-def _inductor_options(serial: bool) -> dict[str, Any]:
-    # One kernel compiles in-process faster than through a pool of compile workers.
-    options: dict[str, Any] = {"compile_threads": 1}
-    if serial:
-        options["cpp.threads"] = 1
-    return options
+#: Tensor sets per kernel call (one compiled kernel updates this many
+#: parameters at once). Measured on the 2-core CPU: see the module docstring.
+BUCKET_SIZE = 16
 
 
 def _kernel(
@@ -434,13 +519,12 @@ def _kernel(
     present: tuple[bool, ...],
     device: torch.device,
     dtype: torch.dtype,
-    serial: bool,
     num_scalars: int,
 ) -> _Kernel:
-    key = (rule, tuple(sorted(flags.items())), present, device.type, device.index, dtype, serial)
+    key = (rule, tuple(sorted(flags.items())), present, device.type, device.index, dtype)
     kernel = _kernels.get(key)
     if kernel is None:
-        kernel = _Kernel(rule, flags, present, device, dtype, serial)
+        kernel = _Kernel(rule, flags, present, device, dtype, BUCKET_SIZE)
         kernel.compile(num_scalars)
         _kernels[key] = kernel
     return kernel
@@ -450,16 +534,6 @@ def _kernel(
 # The entry point the algorithm modules call.
 # --------------------------------------------------------------------------
 
-#: On CPU, tensors below this many elements run a single-threaded kernel:
-#: splitting 4096 elements over threads costs more than it saves, and torch's
-#: own fused kernels stay on one thread below the same size (ATen's grain size).
-SERIAL_MAX_NUMEL = 32768
-
-
-def _signature(param: Tensor) -> tuple[int, torch.dtype, bool]:
-    """What picks a parameter's kernel: device index (-1: CPU), dtype, serial variant."""
-    return (param.get_device(), param.dtype, param.is_cpu and param.numel() < SERIAL_MAX_NUMEL)
-
 
 def fused_update(
     rule: Callable[..., None],
@@ -468,7 +542,7 @@ def fused_update(
     keys: Sequence[Any] | None = None,
     **flags: Any,
 ) -> None:
-    """Apply ``rule`` to every parameter, one fused kernel call per tensor set.
+    """Apply ``rule`` to every parameter, one fused kernel call per bucket of tensor sets.
 
     Args:
         rule: ``rule(param, grad, *state, scalars, **flags)``, elementwise and
@@ -486,34 +560,52 @@ def fused_update(
     if not params:
         return
     count = len(params)
-    keys = [None] * count if keys is None else keys
     present = tuple(lists is not None for lists in tensors)
+    # Runs of tensors sharing a kernel (device, dtype) and a scalar vector: one, usually.
+    first = params[0]
+    signature = (first.device, first.dtype)
+    key = None if keys is None else keys[0]
+    index, dtype = first.get_device(), first.dtype
+    if all(p.get_device() == index and p.dtype is dtype for p in params) and (
+        keys is None or keys.count(key) == count
+    ):
+        runs = {(signature, key): range(count)}
+    else:
+        runs = {}
+        for index, param in enumerate(params):
+            run_key = ((param.device, param.dtype), None if keys is None else keys[index])
+            runs.setdefault(run_key, []).append(index)
     # Compile every kernel this call needs before any tensor changes.
-    kernels: dict[tuple[int, torch.dtype, bool], _Kernel] = {}
-    signatures = [_signature(param) for param in params]
-    for index, signature in enumerate(signatures):
+    kernels = {}
+    for (signature, key), _ in runs.items():
         if signature not in kernels:
-            num_scalars = len(scalars(keys[index]))
-            _, dtype, serial = signature
-            device = params[index].device
-            kernels[signature] = _kernel(rule, flags, present, device, dtype, serial, num_scalars)
-    # Runs of tensors sharing a kernel and a scalar vector (one run, usually).
-    runs: dict[tuple[Any, ...], list[int]] = {}
-    for index, run_key in enumerate(zip(signatures, keys, strict=True)):
-        runs.setdefault(run_key, []).append(index)
-    is_contiguous = Tensor.is_contiguous
+            device, dtype = signature
+            num_scalars = len(scalars(key))
+            kernels[signature] = _kernel(rule, flags, present, device, dtype, num_scalars)
     given = [lists for lists in tensors if lists is not None]
+    is_contiguous = Tensor.is_contiguous
     for (signature, key), indices in runs.items():
         kernel = kernels[signature]
-        runner = kernel.runner()
+        runner, arity = kernel.runner(), kernel.arity
         vector = torch.tensor(list(scalars(key)), dtype=torch.float64, device=kernel.device)
-        run_lists = given if len(indices) == count else [[x[i] for i in indices] for x in given]
         # Grads match their parameter's dtype, device and shape (autograd and the
         # ``.grad`` setter check it) and the state is ours: only the layout is checked.
-        for tensor_set in zip(*run_lists, strict=True):
-            if all(map(is_contiguous, tensor_set)):
-                if tensor_set[0].numel():
-                    runner(tensor_set, vector)
-            else:  # rare: a non-contiguous tensor set runs the same rule eagerly
-                full = iter(tensor_set)
-                rule(*[None if lists is None else next(full) for lists in tensors], vector, **flags)
+        run_lists = given if len(indices) == count else [[x[i] for i in indices] for x in given]
+        flat = [tensor for tensor_set in zip(*run_lists, strict=True) for tensor in tensor_set]
+        if not (all(map(is_contiguous, flat)) and all(map(Tensor.numel, run_lists[0]))):
+            flat = []
+            for tensor_set in zip(*run_lists, strict=True):
+                if not all(map(is_contiguous, tensor_set)):
+                    # Rare: a non-contiguous tensor set runs the same rule eagerly.
+                    full = iter(tensor_set)
+                    arguments = [None if lists is None else next(full) for lists in tensors]
+                    rule(*arguments, vector, **flags)
+                elif tensor_set[0].numel():
+                    flat += tensor_set
+        stride = arity * kernel.width
+        end = len(flat) - len(flat) % stride
+        for start in range(0, end, stride):
+            runner(flat[start : start + stride], vector)
+        if end < len(flat):
+            missing = (stride - (len(flat) - end)) // kernel.width
+            runner(flat[end:] + list(kernel.padding) * missing, vector)

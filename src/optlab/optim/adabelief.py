@@ -89,7 +89,7 @@ from ._base import (
     loop_grad,
     scalar,
 )
-from ._fused import fused_update
+from ._fused import fused_update, signed_grad
 
 __all__ = ["AdaBelief", "adabelief"]
 
@@ -282,38 +282,34 @@ def _multi_tensor_adabelief(
 
 
 def _adabelief_rule(
-    param, grad, exp_avg, exp_avg_var, max_exp_avg_var, scalars, *,
-    maximize, weight_decay, weight_decouple, amsgrad, rectify,
+    param, grad, exp_avg, exp_avg_var, max_exp_avg_var, scalars, *, amsgrad
 ) -> None:  # fmt: skip
     """The rule for one tensor, elementwise: what the fused kernel is generated from.
 
-    ``step_size`` already holds ``lr`` and the bias or rectification factor;
-    ``adaptive`` (rectify only) is 1 where rho_t >= 5 and 0 for an SGD step
-    (and for no step, with ``step_size`` 0), so the kernel is the same at
-    every step.
+    Every option but ``amsgrad`` (which adds a state tensor) is a runtime
+    scalar, so one kernel serves them all: ``step_size`` already holds ``lr``
+    and the bias or rectification factor; ``denom_scale`` is
+    sqrt(1 - beta2^t), or 1.0 with ``rectify`` (dividing by 1.0 is exact);
+    ``adaptive`` is 0.0 for a rectified SGD step (and for no step, with
+    ``step_size`` 0) and 1.0 otherwise; ``rectified`` picks the second
+    moment (the rectified step never uses AMSGrad's maximum); the decoupled
+    decay is ``decay_factor`` (1.0 for none) and the L2 one ``l2``.
     """
-    beta1, beta2, eps, weight_decay_value, decay_factor, step_size, bc2_sqrt, adaptive = (
+    beta1, beta2, eps, sign, l2, decay_factor, step_size, denom_scale, adaptive, rectified = (
         scalars.unbind()
     )
-    if maximize:
-        grad = -grad
-    new_param = param
-    if weight_decay and weight_decouple:
-        new_param = param * decay_factor
-    elif weight_decay:
-        grad = grad + weight_decay_value * param
+    grad = signed_grad(param, grad, sign, l2)
+    new_param = param * decay_factor
     new_exp_avg = exp_avg * beta1 + (1 - beta1) * grad
     grad_residual = grad - new_exp_avg
     new_exp_avg_var = exp_avg_var * beta2 + (1 - beta2) * (grad_residual * grad_residual) + eps
+    second_moment = new_exp_avg_var
     if amsgrad:
         new_max = torch.maximum(max_exp_avg_var, new_exp_avg_var)
         max_exp_avg_var.copy_(new_max)
-    if rectify:
-        adaptive_update = new_exp_avg / (new_exp_avg_var.sqrt() + eps)
-        update = torch.where(adaptive > 0, adaptive_update, new_exp_avg)
-    else:
-        second_moment = new_max if amsgrad else new_exp_avg_var
-        update = new_exp_avg / (second_moment.sqrt() / bc2_sqrt + eps)
+        second_moment = torch.where(rectified > 0, new_exp_avg_var, new_max)
+    adaptive_update = new_exp_avg / (second_moment.sqrt() / denom_scale + eps)
+    update = torch.where(adaptive > 0, adaptive_update, new_exp_avg)
     param.copy_(new_param - step_size * update)
     exp_avg.copy_(new_exp_avg)
     exp_avg_var.copy_(new_exp_avg_var)
@@ -324,27 +320,27 @@ def _fused_adabelief(
     lr, beta1, beta2, eps, weight_decay, amsgrad, weight_decouple, fixed_decay, rectify,
     degenerated_to_sgd, maximize,
 ) -> None:  # fmt: skip
+    sign = -1.0 if maximize else 1.0
+    l2 = 0.0 if weight_decouple else weight_decay
+    decay = _decay_factor(lr, weight_decay, fixed_decay) if weight_decouple else 1.0
+
     def scalars(step: float) -> tuple[float, ...]:
-        step_size, adaptive = lr / (1 - beta1**step), 0.0
+        step_size, adaptive, denom_scale = lr / (1 - beta1**step), 1.0, math.sqrt(1 - beta2**step)
         if rectify:
             kind, factor = rectified_step_size(
                 step, beta1=beta1, beta2=beta2, degenerated_to_sgd=degenerated_to_sgd
             )
-            step_size, adaptive = factor * lr, float(kind == "adaptive")
-        decay = _decay_factor(lr, weight_decay, fixed_decay)
-        bc2_sqrt = math.sqrt(1 - beta2**step)
-        return (beta1, beta2, eps, weight_decay, decay, step_size, bc2_sqrt, adaptive)
+            step_size, adaptive, denom_scale = factor * lr, float(kind == "adaptive"), 1.0
+        return (
+            beta1, beta2, eps, sign, l2, decay, step_size, denom_scale, adaptive, float(rectify)
+        )  # fmt: skip
 
     fused_update(
         _adabelief_rule,
         [params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars if amsgrad else None],
         scalars,
         [step.item() for step in steps],
-        maximize=maximize,
-        weight_decay=weight_decay != 0,
-        weight_decouple=weight_decouple,
         amsgrad=amsgrad,
-        rectify=rectify,
     )
 
 

@@ -37,7 +37,7 @@ from ._base import (
     loop_grad,
     scalar,
 )
-from ._fused import fused_update
+from ._fused import fused_update, signed_grad
 
 __all__ = ["Adadelta", "adadelta"]
 
@@ -111,13 +111,10 @@ def _multi_tensor_adadelta(
         torch._foreach_add_(run_params, deltas, alpha=-lr)
 
 
-def _adadelta_rule(param, grad, square_avg, acc_delta, scalars, *, maximize, weight_decay) -> None:
+def _adadelta_rule(param, grad, square_avg, acc_delta, scalars) -> None:
     """The rule for one tensor, elementwise: what the fused kernel is generated from."""
-    lr, rho, eps, weight_decay_value = scalars.unbind()
-    if maximize:
-        grad = -grad
-    if weight_decay:
-        grad = grad + weight_decay_value * param
+    lr, rho, eps, sign, l2 = scalars.unbind()
+    grad = signed_grad(param, grad, sign, l2)
     new_square_avg = square_avg * rho + (1 - rho) * (grad * grad)
     delta = (acc_delta + eps).sqrt() / (new_square_avg + eps).sqrt() * grad
     acc_delta.copy_(acc_delta * rho + (1 - rho) * (delta * delta))
@@ -131,10 +128,8 @@ def _fused_adadelta(
     fused_update(
         _adadelta_rule,
         [params, grads, square_avgs, acc_deltas],
-        lambda _: (lr, rho, eps, weight_decay),
+        lambda _: (lr, rho, eps, -1.0 if maximize else 1.0, weight_decay),
         None,
-        maximize=maximize,
-        weight_decay=weight_decay != 0,
     )
 
 

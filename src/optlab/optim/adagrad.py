@@ -40,7 +40,7 @@ from ._base import (
     loop_grad,
     scalar,
 )
-from ._fused import fused_update
+from ._fused import fused_update, signed_grad
 
 __all__ = ["Adagrad", "adagrad"]
 
@@ -120,13 +120,10 @@ def _multi_tensor_adagrad(
         torch._foreach_addcdiv_(run_params, numerators, stds)
 
 
-def _adagrad_rule(param, grad, state_sum, scalars, *, maximize, weight_decay) -> None:
+def _adagrad_rule(param, grad, state_sum, scalars) -> None:
     """The rule for one tensor, elementwise: what the fused kernel is generated from."""
-    weight_decay_value, eps, decayed_lr = scalars.unbind()
-    if maximize:
-        grad = -grad
-    if weight_decay:
-        grad = grad + weight_decay_value * param
+    sign, l2, eps, decayed_lr = scalars.unbind()
+    grad = signed_grad(param, grad, sign, l2)
     new_sum = state_sum + grad * grad
     param.copy_(param - decayed_lr * (grad / (new_sum.sqrt() + eps)))
     state_sum.copy_(new_sum)
@@ -138,10 +135,13 @@ def _fused_adagrad(
     fused_update(
         _adagrad_rule,
         [params, grads, state_sums],
-        lambda step: (weight_decay, eps, _decayed_lr(lr, step, lr_decay)),
+        lambda step: (
+            -1.0 if maximize else 1.0,
+            weight_decay,
+            eps,
+            _decayed_lr(lr, step, lr_decay),
+        ),
         [step.item() for step in steps],
-        maximize=maximize,
-        weight_decay=weight_decay != 0,
     )
 
 

@@ -41,7 +41,7 @@ from ._base import (
     loop_grad,
     scalar,
 )
-from ._fused import fused_update
+from ._fused import fused_update, signed_grad
 
 __all__ = ["Adam", "AdamW", "adam"]
 
@@ -146,20 +146,16 @@ def _multi_tensor_adam(
 
 
 def _adam_rule(
-    param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars, *,
-    amsgrad, maximize, decoupled_weight_decay, weight_decay,
+    param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars, *, amsgrad
 ) -> None:  # fmt: skip
-    """The rule for one tensor, elementwise: what the fused kernel is generated from."""
-    beta1, beta2, eps, weight_decay_value, decay_factor, step_size, bias_correction2_sqrt = (
-        scalars.unbind()
-    )
-    if maximize:
-        grad = -grad
-    new_param = param
-    if weight_decay and decoupled_weight_decay:
-        new_param = param * decay_factor
-    elif weight_decay:
-        grad = grad + weight_decay_value * param
+    """The rule for one tensor, elementwise: what the fused kernel is generated from.
+
+    Adam's L2 decay (``l2``) and AdamW's decoupled one (``decay_factor``, 1.0
+    for none) are both runtime scalars, so Adam and AdamW share the kernel.
+    """
+    beta1, beta2, eps, sign, l2, decay_factor, step_size, bias_correction2_sqrt = scalars.unbind()
+    grad = signed_grad(param, grad, sign, l2)
+    new_param = param * decay_factor
     new_exp_avg = exp_avg + (1 - beta1) * (grad - exp_avg)
     new_exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * (grad * grad)
     if amsgrad:
@@ -177,9 +173,12 @@ def _fused_adam(
     params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *,
     lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay,
 ) -> None:  # fmt: skip
+    l2 = 0.0 if decoupled_weight_decay else weight_decay
+    decay_factor = scalar(1 - lr * weight_decay) if decoupled_weight_decay else 1.0
+
     def scalars(step: float) -> tuple[float, ...]:
         return (
-            beta1, beta2, eps, weight_decay, scalar(1 - lr * weight_decay),
+            beta1, beta2, eps, -1.0 if maximize else 1.0, l2, decay_factor,
             scalar(lr / (1 - beta1**step)), (1 - beta2**step) ** 0.5,
         )  # fmt: skip
 
@@ -189,9 +188,6 @@ def _fused_adam(
         scalars,
         [step.item() for step in steps],
         amsgrad=amsgrad,
-        maximize=maximize,
-        decoupled_weight_decay=decoupled_weight_decay,
-        weight_decay=weight_decay != 0,
     )
 
 

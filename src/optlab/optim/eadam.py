@@ -50,7 +50,7 @@ from ._base import (
     loop_grad,
     scalar,
 )
-from ._fused import fused_update
+from ._fused import fused_update, signed_grad
 
 __all__ = ["EAdam", "eadam"]
 
@@ -145,15 +145,10 @@ def _multi_tensor_eadam(
         torch._foreach_addcdiv_(run_params, run_exp_avgs, denoms, step_sizes)
 
 
-def _eadam_rule(
-    param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars, *, maximize, weight_decay, amsgrad
-) -> None:
+def _eadam_rule(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars, *, amsgrad) -> None:
     """The rule for one tensor, elementwise: what the fused kernel is generated from."""
-    beta1, beta2, eps, weight_decay_value, step_size = scalars.unbind()
-    if maximize:
-        grad = -grad
-    if weight_decay:
-        grad = grad + weight_decay_value * param
+    beta1, beta2, eps, sign, l2, step_size = scalars.unbind()
+    grad = signed_grad(param, grad, sign, l2)
     new_exp_avg = exp_avg * beta1 + (1 - beta1) * grad
     new_exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * (grad * grad) + eps
     if amsgrad:
@@ -173,15 +168,13 @@ def _fused_eadam(
 ) -> None:  # fmt: skip
     def scalars(step: float) -> tuple[float, ...]:
         step_size = _step_size(step, lr=lr, beta1=beta1, beta2=beta2)
-        return (beta1, beta2, eps, weight_decay, step_size)
+        return (beta1, beta2, eps, -1.0 if maximize else 1.0, weight_decay, step_size)
 
     fused_update(
         _eadam_rule,
         [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else None],
         scalars,
         [step.item() for step in steps],
-        maximize=maximize,
-        weight_decay=weight_decay != 0,
         amsgrad=amsgrad,
     )
 

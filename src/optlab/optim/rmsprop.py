@@ -51,7 +51,7 @@ from ._base import (
     loop_grad,
     scalar,
 )
-from ._fused import fused_update
+from ._fused import fused_update, signed_grad
 
 __all__ = ["RMSprop", "rmsprop"]
 
@@ -157,14 +157,11 @@ def _multi_tensor_rmsprop(
 
 def _rmsprop_rule(
     param, grad, square_avg, grad_avg, momentum_buffer, scalars, *,
-    maximize, weight_decay, centered, momentum,
+    centered, momentum,
 ) -> None:  # fmt: skip
     """The rule for one tensor, elementwise: what the fused kernel is generated from."""
-    lr, alpha, eps, weight_decay_value, momentum_value = scalars.unbind()
-    if maximize:
-        grad = -grad
-    if weight_decay:
-        grad = grad + weight_decay_value * param
+    lr, alpha, eps, sign, l2, momentum_value = scalars.unbind()
+    grad = signed_grad(param, grad, sign, l2)
     new_square_avg = square_avg * alpha + (1 - alpha) * (grad * grad)
     square_avg.copy_(new_square_avg)
     if centered:
@@ -194,10 +191,8 @@ def _fused_rmsprop(
             grad_avgs if centered else None,
             momentum_buffers if momentum > 0 else None,
         ],
-        lambda _: (lr, alpha, eps, weight_decay, momentum),
+        lambda _: (lr, alpha, eps, -1.0 if maximize else 1.0, weight_decay, momentum),
         None,
-        maximize=maximize,
-        weight_decay=weight_decay != 0,
         centered=centered,
         momentum=momentum > 0,
     )

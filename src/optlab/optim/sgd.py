@@ -49,7 +49,7 @@ from ._base import (
     loop_grad,
     scalar,
 )
-from ._fused import fused_update
+from ._fused import fused_update, signed_grad
 
 __all__ = ["SGD", "sgd"]
 
@@ -135,21 +135,16 @@ def _multi_tensor_sgd(
         torch._foreach_add_(run_params, run_grads, alpha=-lr)
 
 
-def _sgd_rule(
-    param, grad, momentum_buffer, scalars, *, maximize, weight_decay, momentum, nesterov
-) -> None:
+def _sgd_rule(param, grad, momentum_buffer, scalars, *, momentum) -> None:
     """The rule for one tensor, elementwise: what the fused kernel is generated from."""
-    lr, weight_decay_value, momentum_value, dampening, first_step = scalars.unbind()
-    if maximize:
-        grad = -grad
-    if weight_decay:
-        grad = grad + weight_decay_value * param
+    lr, sign, l2, momentum_value, dampening, first_step, nesterov = scalars.unbind()
+    grad = signed_grad(param, grad, sign, l2)
     if momentum:
         buf = torch.where(
             first_step > 0, grad, momentum_buffer * momentum_value + (1 - dampening) * grad
         )
         momentum_buffer.copy_(buf)
-        grad = grad + momentum_value * buf if nesterov else buf
+        grad = torch.where(nesterov > 0, grad + momentum_value * buf, buf)
     param.copy_(param - lr * grad)
 
 
@@ -165,12 +160,17 @@ def _fused_sgd(
     fused_update(
         _sgd_rule,
         [params, grads, momentum_buffers if momentum != 0 else None],
-        lambda first: (lr, weight_decay, momentum, dampening, float(first)),
+        lambda first: (
+            lr,
+            -1.0 if maximize else 1.0,
+            weight_decay,
+            momentum,
+            dampening,
+            float(first),
+            float(nesterov),
+        ),  # fmt: skip
         first_steps,
-        maximize=maximize,
-        weight_decay=weight_decay != 0,
         momentum=momentum != 0,
-        nesterov=nesterov,
     )
 
 

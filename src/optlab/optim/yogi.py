@@ -49,7 +49,7 @@ from ._base import (
     loop_grad,
     scalar,
 )
-from ._fused import fused_update
+from ._fused import fused_update, signed_grad
 
 __all__ = ["Yogi", "yogi"]
 
@@ -135,13 +135,10 @@ def _multi_tensor_yogi(
         torch._foreach_addcdiv_(run_params, run_exp_avgs, denoms, step_sizes)
 
 
-def _yogi_rule(param, grad, exp_avg, exp_avg_sq, scalars, *, maximize, weight_decay) -> None:
+def _yogi_rule(param, grad, exp_avg, exp_avg_sq, scalars) -> None:
     """The rule for one tensor, elementwise: what the fused kernel is generated from."""
-    beta1, beta2, eps, weight_decay_value, step_size, bias_correction2_sqrt = scalars.unbind()
-    if maximize:
-        grad = -grad
-    if weight_decay:
-        grad = grad + weight_decay_value * param
+    beta1, beta2, eps, sign, l2, step_size, bias_correction2_sqrt = scalars.unbind()
+    grad = signed_grad(param, grad, sign, l2)
     new_exp_avg = exp_avg * beta1 + (1 - beta1) * grad
     grad_sq = grad * grad
     new_exp_avg_sq = exp_avg_sq - (1 - beta2) * (torch.sign(exp_avg_sq - grad_sq) * grad_sq)
@@ -157,16 +154,12 @@ def _fused_yogi(
 ) -> None:  # fmt: skip
     def scalars(step: float) -> tuple[float, ...]:
         return (
-            beta1, beta2, eps, weight_decay, lr / (1 - beta1**step), math.sqrt(1 - beta2**step),
+            beta1, beta2, eps, -1.0 if maximize else 1.0, weight_decay,
+            lr / (1 - beta1**step), math.sqrt(1 - beta2**step),
         )  # fmt: skip
 
     fused_update(
-        _yogi_rule,
-        [params, grads, exp_avgs, exp_avg_sqs],
-        scalars,
-        [step.item() for step in steps],
-        maximize=maximize,
-        weight_decay=weight_decay != 0,
+        _yogi_rule, [params, grads, exp_avgs, exp_avg_sqs], scalars, [step.item() for step in steps]
     )
 
 
