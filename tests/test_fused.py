@@ -12,7 +12,10 @@ from __future__ import annotations
 import copy
 import io
 import itertools
+import json
 import logging
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -349,6 +352,7 @@ def _failing_compile(self, num_scalars):
 
 def test_failed_compile_with_fused_true_raises_and_changes_nothing(monkeypatch):
     monkeypatch.setattr(_fused, "_kernels", {})
+    monkeypatch.setattr(_fused._Kernel, "load", lambda self, num_scalars: False)
     monkeypatch.setattr(_fused._Kernel, "compile", _failing_compile)
     params = _params(8)
     before = [p.detach().clone() for p in params]
@@ -364,6 +368,7 @@ def test_failed_compile_with_fused_true_raises_and_changes_nothing(monkeypatch):
 def test_failed_compile_under_the_default_logs_and_falls_back(monkeypatch, caplog):
     monkeypatch.setattr(_fused, "_kernels", {})
     monkeypatch.setattr(_fused, "_failed_device_types", set())
+    monkeypatch.setattr(_fused._Kernel, "load", lambda self, num_scalars: False)
     monkeypatch.setattr(_fused._Kernel, "compile", _failing_compile)
     monkeypatch.setattr(_fused, "FUSED_DEFAULT_MIN_NUMEL", 1)  # make the tiny group "large"
     default_params, foreach_params = _params(9), _params(9)
@@ -377,3 +382,86 @@ def test_failed_compile_under_the_default_logs_and_falls_back(monkeypatch, caplo
     assert len([r for r in caplog.records if "compiling the fused" in r.getMessage()]) == 1
     for ours, expected in zip(default_params, foreach_params, strict=True):
         assert torch.equal(ours.detach(), expected.detach())
+
+
+# ----- kernels remembered across processes ----------------------------------
+
+
+def _compiled_adam_kernel():
+    """The fp32 Adam kernel, compiled (or loaded) by a fused step in this process."""
+    params = _params(12)
+    optimizer = optimizer_class("adam")(params, lr=1e-2, fused=True)
+    _set_grads([params], 1)
+    optimizer.step()
+    return next(k for k in _fused._kernels.values() if k.rule.__name__ == "_adam_rule")
+
+
+def test_a_recorded_kernel_is_loaded_without_compiling_and_takes_the_same_steps(monkeypatch):
+    _compiled_adam_kernel()  # makes sure the record exists
+    monkeypatch.setattr(_fused, "_kernels", {})
+    monkeypatch.setattr(_fused._Kernel, "compile", _failing_compile)
+    fused_params, loop_params = _params(13), _params(13)
+    fused_opt = optimizer_class("adam")(fused_params, lr=1e-2, fused=True)
+    loop_opt = optimizer_class("adam")(loop_params, lr=1e-2, foreach=False)
+    for step in range(20):
+        _set_grads([fused_params, loop_params], step)
+        fused_opt.step()
+        loop_opt.step()
+    _assert_close_states(fused_opt, loop_opt, fused_params, loop_params)
+
+
+def test_a_fresh_process_loads_the_recorded_kernel_instead_of_compiling():
+    _compiled_adam_kernel()
+    script = """
+import torch
+from optlab.optim import _fused, create_optimizer
+
+def refuse(self, num_scalars):
+    raise AssertionError("compiled although a checked record exists")
+
+_fused._Kernel.compile = refuse
+params = [torch.nn.Parameter(torch.randn(40)) for _ in range(3)]
+for param in params:
+    param.grad = torch.randn(40)
+create_optimizer(params, "adam", lr=1e-2, fused=True).step()
+print("loaded", _fused.compile_count())
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "loaded 1"
+
+
+@pytest.mark.parametrize("damage", ["reordered arguments", "missing library", "not json"])
+def test_a_damaged_record_is_not_used(damage):
+    compiled = _compiled_adam_kernel()
+    record_path = _fused._record_path(compiled)
+    record = json.loads(record_path.read_text())
+    fresh = _fused._Kernel(
+        compiled.rule, compiled.flags, compiled.present, compiled.device, compiled.dtype,
+        compiled.arity,
+    )  # fmt: skip
+    num_scalars = 8
+    assert fresh.load(num_scalars)  # the intact record works
+    original = record_path.read_text()
+    try:
+        if damage == "reordered arguments":
+            items = record["items"]
+            tensors = [i for i, item in enumerate(items) if item.startswith("t[")]
+            first = tensors[0]
+            second = next(i for i in tensors if items[i] != items[first])
+            items[first], items[second] = items[second], items[first]
+            record_path.write_text(json.dumps(record))
+        elif damage == "missing library":
+            record_path.write_text(json.dumps({**record, "library": "/nonexistent/k.so"}))
+        else:
+            record_path.write_text("{not json")
+        damaged = _fused._Kernel(
+            compiled.rule, compiled.flags, compiled.present, compiled.device, compiled.dtype,
+            compiled.arity,
+        )  # fmt: skip
+        assert not damaged.load(num_scalars)
+        assert damaged._runner is None
+    finally:
+        record_path.write_text(original)

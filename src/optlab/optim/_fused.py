@@ -96,11 +96,21 @@ group with the eager implementation instead; later steps do not retry.
 
 from __future__ import annotations
 
+import functools
+import getpass
+import hashlib
+import importlib.util
+import json
 import logging
 import os
+import platform
+import re
 import shutil
+import sys
+import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -145,11 +155,14 @@ _failed_device_types: set[str] = set()
 
 
 def _probe(device_type: str) -> str | None:
+    # Found, not imported: importing Dynamo and Inductor takes seconds, paid only
+    # when a kernel is compiled (not when a compiled one is loaded, see ``_Kernel.load``).
     try:
-        import torch._dynamo  # noqa: F401
-        import torch._inductor.compile_fx  # noqa: F401
+        found = all(importlib.util.find_spec(name) for name in ("torch._dynamo", "torch._inductor"))
     except Exception as error:  # pragma: no cover - depends on the installation
-        return f"TorchInductor cannot be imported ({type(error).__name__}: {error})"
+        return f"TorchInductor cannot be found ({type(error).__name__}: {error})"
+    if not found:  # pragma: no cover - depends on the installation
+        return "TorchInductor is not part of this torch installation"
     if device_type == "cpu":
         candidates = [os.environ.get("CXX"), "g++", "clang++", "c++"]
         if not any(name and shutil.which(name) for name in candidates):
@@ -417,6 +430,39 @@ class _Kernel:
         if not self._direct_matches_eager(num_scalars):
             logger.debug("optlab fused: calling %s directly disagrees; keeping its wrapper", name)
             self._runner = wrapper_runner
+            return
+        _remember(self, kernel, items)
+
+    def load(self, num_scalars: int) -> bool:
+        """Use this signature's kernel from an earlier process, if one is recorded and checks out.
+
+        The warm path of :func:`_remember`: load the compiled C++ module and
+        call it with the recorded argument order, without importing or
+        running Dynamo and Inductor (which costs seconds per process even
+        when Inductor finds every artifact in its cache). The kernel must
+        still agree with the eager rule on scratch tensors; where anything
+        is missing or disagrees, the caller compiles as usual.
+        """
+        record = _recorded(self)
+        if record is None:
+            return False
+        try:
+            address = torch._C._dynamo.guards._torchinductor_pyobject_tensor_data_ptr
+            os.environ["_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR"] = str(address)
+            module = sys.modules.get(record["module"])
+            if module is None:
+                spec = importlib.util.spec_from_file_location(record["module"], record["library"])
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                sys.modules[record["module"]] = module
+            source = f"lambda t, h: kernel({', '.join(record['items'])})"
+            self._runner = eval(source, {"kernel": module.kernel})  # noqa: S307 - checked below
+            if self._direct_matches_eager(num_scalars):
+                return True
+        except Exception as error:
+            logger.debug("optlab fused: loading the recorded kernel failed: %r", error)
+        self._runner = None
+        return False
 
     def _plan_from(self, graph: torch.fx.GraphModule) -> list[tuple[int, bool]] | None:
         """Map the graph's inputs to (argument index, is-its-element-count)."""
@@ -521,13 +567,122 @@ def _kernel(
     dtype: torch.dtype,
     num_scalars: int,
 ) -> _Kernel:
+    global _compiles
     key = (rule, tuple(sorted(flags.items())), present, device.type, device.index, dtype)
     kernel = _kernels.get(key)
     if kernel is None:
         kernel = _Kernel(rule, flags, present, device, dtype, BUCKET_SIZE)
-        kernel.compile(num_scalars)
+        if kernel.load(num_scalars):
+            with _lock:
+                _compiles += 1
+        else:
+            kernel.compile(num_scalars)
         _kernels[key] = kernel
     return kernel
+
+
+# --------------------------------------------------------------------------
+# Compiled kernels remembered across processes.
+# --------------------------------------------------------------------------
+
+#: Bump when what a record holds, or how it is used, changes.
+_RECORD_FORMAT = 1
+
+
+def _cache_dir() -> Path:
+    """Inductor's cache directory (its own rule, without importing Inductor), our subfolder.
+
+    Beside Inductor's artifacts, so that a new ``TORCHINDUCTOR_CACHE_DIR``
+    (or clearing it) starts cold for both.
+    """
+    root = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if root is None:
+        try:
+            user = getpass.getuser()
+        except (KeyError, ModuleNotFoundError, OSError):
+            user = f"uid_{os.getuid()}" if hasattr(os, "getuid") else "unknown_user"
+        root = os.path.join(
+            tempfile.gettempdir(), "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user)
+        )
+    return Path(root).absolute() / "optlab_fused"
+
+
+@functools.cache
+def _machine() -> str:
+    """What the compiled code depends on besides its source: CPU and its instruction sets."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            lines = [line for line in cpuinfo if line.startswith(("model name", "flags"))]
+        cpu = "".join(sorted(set(lines)))
+    except OSError:
+        pass
+    return f"{platform.machine()}|{cpu}"
+
+
+@functools.cache
+def _source_digest(*modules: str) -> str:
+    digest = hashlib.sha256()
+    for name in modules:
+        digest.update(Path(sys.modules[name].__file__).read_bytes())
+    return digest.hexdigest()
+
+
+def _record_path(kernel: _Kernel) -> Path:
+    identity = json.dumps(
+        [
+            _RECORD_FORMAT,
+            torch.__version__,
+            sys.version,
+            _machine(),
+            _source_digest(__name__, kernel.rule.__module__),
+            kernel.rule.__qualname__,
+            sorted(kernel.flags.items()),
+            kernel.present,
+            kernel.arity,
+            str(kernel.dtype),
+            kernel.device.type,
+            sorted(_INDUCTOR_OPTIONS.items()),
+            # Inductor's settings from the environment (its cache folder aside: Inductor
+            # sets that variable itself once it runs, and the record lives there).
+            sorted(
+                (k, v)
+                for k, v in os.environ.items()
+                if k.startswith("TORCHINDUCTOR_") and k != "TORCHINDUCTOR_CACHE_DIR"
+            ),
+        ],
+        default=str,
+    )
+    return _cache_dir() / f"{hashlib.sha256(identity.encode()).hexdigest()}.json"
+
+
+def _recorded(kernel: _Kernel) -> dict[str, Any] | None:
+    if kernel.device.type != "cpu":
+        return None
+    try:
+        record = json.loads(_record_path(kernel).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not Path(str(record.get("library"))).is_file():
+        return None
+    return record
+
+
+def _remember(kernel: _Kernel, function: Any, items: list[str]) -> None:
+    """Record where a checked C++ kernel lives and how to call it, for later processes."""
+    module = getattr(function, "__self__", None)
+    library, name = getattr(module, "__file__", None), getattr(module, "__name__", None)
+    if kernel.device.type != "cpu" or not library or not name:
+        return
+    path = _record_path(kernel)
+    record = {"library": library, "module": name, "items": items}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as file:
+            json.dump(record, file)
+        os.replace(file.name, path)  # atomic: concurrent processes write whole records
+    except OSError as error:  # a read-only cache: the next process compiles again
+        logger.debug("optlab fused: cannot record the kernel: %r", error)
 
 
 # --------------------------------------------------------------------------
