@@ -231,10 +231,11 @@ def test_compare_under_torchrun_stores_the_one_process_results(tmp_path):
     _assert_store_equals_one_process(tmp_path / "torchrun")
 
 
-# Ctrl-C: the terminal sends SIGINT to the whole foreground process group. Each run
-# takes a few seconds, so the interrupt lands while the follower trains run 2.
+# Ctrl-C: the terminal sends SIGINT to the whole foreground process group. The
+# interrupt must land while run 2 trains: 60 epochs make that about 7 s on a
+# 2-core machine (12 epochs took 1.5 s, a window a loaded machine could miss).
 INTERRUPTED_STUDY = ["--task", "digits-mlp", "--optimizers", "adam,sgd", "--seeds", "1"]
-INTERRUPTED_STUDY += ["--epochs", "12", "-q", "--nproc", "2"]
+INTERRUPTED_STUDY += ["--epochs", "60", "-q", "--nproc", "2"]
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ How the compile cost is kept constant in the number of parameters
   parallel region) or one Triton launch sequence per bucket. 64 or 500
   parameter tensors cost one compile, not 64 or 500, and the per-call host
   cost is paid once per bucket; the last bucket of a step is padded with
-  empty tensors, for which the kernel's loops do nothing.
+  one-element scratch tensors.
 - Hyper-parameters (lr, betas, eps, weight decay) and the step-dependent
   factors (bias corrections, AdaBelief's rectification) are computed on the
   host in float64 and passed in a small float64 tensor, so a scheduler
@@ -311,8 +311,8 @@ class _Kernel:
     """One compiled rule for one signature, over a bucket of ``arity`` tensor sets.
 
     After its first compile it is called directly (Inductor's generated
-    ``call``), one call per bucket; unused slots of the last bucket get empty
-    tensors, for which the kernel's loops do nothing.
+    ``call``), one call per bucket; unused slots of the last bucket get
+    one-element scratch tensors (``padding``).
     """
 
     def __init__(
@@ -332,7 +332,11 @@ class _Kernel:
         self.device = device
         self.dtype = dtype
         self.function, self.names = _bucket_function(rule, present, arity, flags)
-        self.padding = tuple(torch.empty(0, device=device, dtype=dtype) for _ in range(self.width))
+        # Scratch sets that fill the last bucket of a step: one element each (an
+        # empty tensor would mean a launch of zero blocks on CUDA), none shared.
+        self.padding = [
+            torch.zeros(1, device=device, dtype=dtype) for _ in range(self.width * arity)
+        ]
         self._compiled: Callable[..., Any] | None = None
         self._direct: Callable[[list[Any]], Any] | None = None
         self._plan: list[tuple[int, bool]] | None = None
@@ -520,10 +524,10 @@ class _Kernel:
 
     def _direct_matches_eager(self, num_scalars: int) -> bool:
         # N-D tensors (to be indexed linearly), equal sizes in two slots, and,
-        # when the bucket has room, an empty last slot (the padding).
+        # when the bucket has room, a one-element last slot (as the padding).
         shapes = [(3, _SCRATCH_NUMEL // 3 + 1 + slot % 2) for slot in range(self.arity)]
         if self.arity > 1:
-            shapes[-1] = (0,)
+            shapes[-1] = (1,)
         direct_args = self._scratch(shapes, num_scalars, seed=1)
         eager_args = self._scratch(shapes, num_scalars, seed=1)
         try:
@@ -785,4 +789,4 @@ def fused_update(
             runner(flat[start : start + stride], vector)
         if end < len(flat):
             missing = (stride - (len(flat) - end)) // kernel.width
-            runner(flat[end:] + list(kernel.padding) * missing, vector)
+            runner(flat[end:] + kernel.padding[: missing * kernel.width], vector)
