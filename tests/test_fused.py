@@ -309,6 +309,12 @@ def test_default_picks_fused_only_for_groups_large_enough_to_repay_the_compile(m
     for params, expected in ((small, "foreach"), (large, "fused")):
         optimizer = optimizer_class("adabelief")(params)
         assert optimizer._implementation(optimizer.param_groups[0], params) == expected
+    # Plain SGD is one pass already: fusing saves nothing, the default stays foreach
+    # (and turns fused when an option adds a pass, even after construction).
+    plain = optimizer_class("sgd")(large, lr=0.1)
+    assert plain._implementation(plain.param_groups[0], large) == "foreach"
+    plain.param_groups[0]["momentum"] = 0.9
+    assert plain._implementation(plain.param_groups[0], large) == "fused"
     explicit = optimizer_class("adabelief")(large, foreach=True)
     assert explicit._implementation(explicit.param_groups[0], large) == "foreach"
     monkeypatch.setenv("OPTLAB_DISABLE_FUSED", "1")

@@ -341,13 +341,20 @@ class OptlabOptimizer(Optimizer):
         tensors, more than a tenth of a fused step.
         """
         members = group["params"]
+        worth_fusing = self._fusing_saves_passes(group)
         choices = self.__dict__.setdefault("_default_choices", {})
         known = choices.get(id(group))
-        if known is not None and known[0] is members and known[1] == len(members):
-            return known[2]
+        if (
+            known is not None
+            and known[0] is members
+            and known[1] == len(members)
+            and known[2] == worth_fusing
+        ):
+            return known[3]
         if (
             group.get("fused") is None
             and "fused" in self.implementations
+            and worth_fusing
             and _fused.prefer_fused(members)
         ):
             choice = "fused"  # measured: see optlab.optim._fused
@@ -355,8 +362,17 @@ class OptlabOptimizer(Optimizer):
             choice = "foreach"
         else:
             choice = "loop"
-        choices[id(group)] = (members, len(members), choice)
+        choices[id(group)] = (members, len(members), worth_fusing, choice)
         return choice
+
+    def _fusing_saves_passes(self, group: Mapping[str, Any]) -> bool:
+        """Whether the fused kernel reads memory fewer times than foreach under ``group``'s options.
+
+        True for every rule with state; SGD without momentum, weight decay and
+        maximize is a single ``p -= lr * g`` pass already, so its default stays
+        foreach (measured no faster fused, see docs/benchmarks.md).
+        """
+        return True
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

@@ -231,6 +231,9 @@ class SGD(OptlabOptimizer):
                 f"momentum={group['momentum']!r} and dampening={group['dampening']!r}"
             )
 
+    def _fusing_saves_passes(self, group) -> bool:
+        return bool(group["momentum"] != 0 or group["weight_decay"] != 0 or group["maximize"])
+
     def _init_state(self, param, group) -> dict[str, Any]:
         # The buffer is born on the first step as a copy of the gradient.
         return {}
