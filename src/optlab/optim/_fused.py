@@ -1,4 +1,4 @@
-r"""The fused path: one generated kernel per update rule, one pass over memory per tensor.
+r"""The fused path: one generated kernel per update rule, one pass over memory per tensor, a bucket of tensors per call.
 
 Every optlab optimizer can run as a per-tensor loop, as multi-tensor
 ``torch._foreach_*`` ops, or fused (``fused=True``). The fused path is

@@ -158,7 +158,7 @@ class Adagrad(OptlabOptimizer):
         eps: added to the denominator outside the square root (default 1e-10).
         foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
         maximize: maximize the objective instead of minimizing it.
-        fused: ``True`` one generated kernel per tensor (:mod:`optlab.optim._fused`);
+        fused: ``True`` one generated kernel call per bucket of tensors (:mod:`optlab.optim._fused`);
             ``None`` lets large groups use it (see there).
     """
 

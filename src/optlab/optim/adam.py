@@ -204,7 +204,7 @@ class Adam(OptlabOptimizer):
         amsgrad: use the running maximum of the second moment (default False).
         maximize: maximize the objective instead of minimizing it.
         foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
-        fused: ``True`` one generated kernel per tensor (:mod:`optlab.optim._fused`);
+        fused: ``True`` one generated kernel call per bucket of tensors (:mod:`optlab.optim._fused`);
             ``None`` lets large groups use it (see there).
         decoupled_weight_decay: AdamW's decoupled decay (default False).
     """

@@ -191,7 +191,7 @@ class EAdam(OptlabOptimizer):
         amsgrad: divide by the running maximum of ``exp_avg_sq`` (default False).
         maximize: maximize the objective instead of minimizing it.
         foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
-        fused: ``True`` one generated kernel per tensor (:mod:`optlab.optim._fused`);
+        fused: ``True`` one generated kernel call per bucket of tensors (:mod:`optlab.optim._fused`);
             ``None`` lets large groups use it (see there).
     """
 

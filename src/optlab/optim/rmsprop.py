@@ -213,7 +213,7 @@ class RMSprop(OptlabOptimizer):
             its second moment (default False).
         foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
         maximize: maximize the objective instead of minimizing it.
-        fused: ``True`` one generated kernel per tensor (:mod:`optlab.optim._fused`);
+        fused: ``True`` one generated kernel call per bucket of tensors (:mod:`optlab.optim._fused`);
             ``None`` lets large groups use it (see there).
     """
 

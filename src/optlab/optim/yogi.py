@@ -175,7 +175,7 @@ class Yogi(OptlabOptimizer):
         weight_decay: L2 penalty added to the gradient (default 0).
         maximize: maximize the objective instead of minimizing it.
         foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
-        fused: ``True`` one generated kernel per tensor (:mod:`optlab.optim._fused`);
+        fused: ``True`` one generated kernel call per bucket of tensors (:mod:`optlab.optim._fused`);
             ``None`` lets large groups use it (see there).
     """
 
