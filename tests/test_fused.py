@@ -115,6 +115,14 @@ def _assert_close_states(fused_opt, loop_opt, fused_params, loop_params, tol=1e-
             assert _relative_error(fused_state[key], value) <= tol, key
 
 
+def _step_together(first, second, first_params, second_params, steps) -> None:
+    """Step two optimizers on the same gradients (see ``_set_grads``) for ``steps``."""
+    for step in steps:
+        _set_grads([first_params, second_params], step)
+        first.step()
+        second.step()
+
+
 def _make(name, params, hparams, **flags):
     kwargs = {"lr": LEARNING_RATES.get(name, 0.01), **hparams, **flags}
     return optimizer_class(name)(params, **kwargs)
@@ -204,10 +212,7 @@ def test_fused_adam_matches_torch_fused_adam():
     ours_params, torch_params = _params(2), _params(2)
     ours = optimizer_class("adamw")(ours_params, lr=1e-2, weight_decay=0.1, fused=True)
     reference = torch.optim.AdamW(torch_params, lr=1e-2, weight_decay=0.1, fused=True)
-    for step in range(100):
-        _set_grads([ours_params, torch_params], step)
-        ours.step()
-        reference.step()
+    _step_together(ours, reference, ours_params, torch_params, range(100))
     _assert_close_states(ours, reference, ours_params, torch_params)
 
 
@@ -409,10 +414,7 @@ def test_a_recorded_kernel_is_loaded_without_compiling_and_takes_the_same_steps(
     fused_params, loop_params = _params(13), _params(13)
     fused_opt = optimizer_class("adam")(fused_params, lr=1e-2, fused=True)
     loop_opt = optimizer_class("adam")(loop_params, lr=1e-2, foreach=False)
-    for step in range(20):
-        _set_grads([fused_params, loop_params], step)
-        fused_opt.step()
-        loop_opt.step()
+    _step_together(fused_opt, loop_opt, fused_params, loop_params, range(20))
     _assert_close_states(fused_opt, loop_opt, fused_params, loop_params)
 
 
