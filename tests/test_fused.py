@@ -221,10 +221,7 @@ def test_fused_adabelief_matches_the_reference_package():
     ours_params, reference_params = _params(3), _params(3)
     ours = optimizer_class("adabelief")(ours_params, lr=1e-2, fused=True)
     reference = adabelief_pytorch.AdaBelief(reference_params, lr=1e-2, print_change_log=False)
-    for step in range(100):
-        _set_grads([ours_params, reference_params], step)
-        ours.step()
-        reference.step()
+    _step_together(ours, reference, ours_params, reference_params, range(100))
     for ours_p, reference_p in zip(ours_params, reference_params, strict=True):
         assert _relative_error(ours_p.detach(), reference_p.detach()) <= 1e-5
 
@@ -246,10 +243,7 @@ def test_checkpoint_moves_between_fused_and_loop_and_continues_identically(saved
     second.load_state_dict(checkpoint)
     for key, value in checkpoint["state"][0].items():  # torch's layout: per-parameter tensors
         assert value.shape == (() if key == "step" else first_params[0].shape)
-    for step in range(10, 20):
-        _set_grads([first_params, second_params], step)
-        first.step()
-        second.step()
+    _step_together(first, second, first_params, second_params, range(10, 20))
     _assert_close_states(second, first, second_params, first_params)
 
 
@@ -262,10 +256,7 @@ def test_fused_state_dict_loads_into_torch_adam():
     torch_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
     reference = torch.optim.Adam(torch_params, lr=1e-2)
     reference.load_state_dict(copy.deepcopy(ours.state_dict()))
-    for step in range(5, 10):
-        _set_grads([params, torch_params], step)
-        ours.step()
-        reference.step()
+    _step_together(ours, reference, params, torch_params, range(5, 10))
     _assert_close_states(ours, reference, params, torch_params)
 
 
@@ -295,10 +286,7 @@ def test_low_precision_parameters_are_updated_through_float32_state():
     fused_params, loop_params = _params(7, torch.bfloat16), _params(7, torch.bfloat16)
     fused_opt = optimizer_class("adabelief")(fused_params, lr=1e-2, fused=True)
     loop_opt = optimizer_class("adabelief")(loop_params, lr=1e-2, foreach=False)
-    for step in range(10):
-        _set_grads([fused_params, loop_params], step)
-        fused_opt.step()
-        loop_opt.step()
+    _step_together(fused_opt, loop_opt, fused_params, loop_params, range(10))
     for fused_p, loop_p in zip(fused_params, loop_params, strict=True):
         assert fused_opt.state[fused_p]["exp_avg"].dtype == torch.float32
         # bf16 rounding of nearly equal float32 results: at most one ulp apart
