@@ -429,6 +429,32 @@ print("loaded", _fused.compile_count())
     assert result.stdout.strip() == "loaded 1"
 
 
+def test_kernels_are_kept_and_recorded_per_thread_count(monkeypatch):
+    """Inductor writes serial C++ for a one-thread process (a lab worker, say): such a
+    kernel must not serve a process with more threads, in this process or a later one."""
+    from optlab.optim.sgd import _sgd_rule
+
+    monkeypatch.setattr(_fused, "_kernels", {})
+    built = []
+    monkeypatch.setattr(_fused._Kernel, "load", lambda self, num_scalars: not built.append(self))
+    before = torch.get_num_threads()
+    got = []
+    try:
+        for threads in (1, 2, 1):
+            torch.set_num_threads(threads)
+            got.append(
+                _fused._kernel(
+                    _sgd_rule, {"momentum": True}, (True, True, True), torch.device("cpu"),
+                    torch.float32, 7,
+                )  # fmt: skip
+            )
+    finally:
+        torch.set_num_threads(before)
+    assert [kernel.threads for kernel in built] == [1, 2]
+    assert got[0] is got[2] and got[0] is not got[1]
+    assert _fused._record_path(got[0]) != _fused._record_path(got[1])
+
+
 @pytest.mark.parametrize("damage", ["reordered arguments", "missing library", "not json"])
 def test_a_damaged_record_is_not_used(damage):
     compiled = _compiled_adam_kernel()
