@@ -444,8 +444,12 @@ def test_kernels_are_kept_and_recorded_per_thread_count(monkeypatch):
             torch.set_num_threads(threads)
             got.append(
                 _fused._kernel(
-                    _sgd_rule, {"momentum": True}, (True, True, True), torch.device("cpu"),
-                    torch.float32, 7,
+                    _sgd_rule,
+                    {"momentum": True},
+                    (True, True, True),
+                    torch.device("cpu"),
+                    torch.float32,
+                    7,
                 )  # fmt: skip
             )
     finally:

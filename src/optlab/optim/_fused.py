@@ -590,6 +590,7 @@ def _threads(device: torch.device) -> int | None:
     """
     return torch.get_num_threads() if device.type == "cpu" else None
 
+
 # One kernel compiles in-process faster than through a pool of compile workers.
 _INDUCTOR_OPTIONS: dict[str, Any] = {"compile_threads": 1}
 
