@@ -26,9 +26,10 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import operator
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from itertools import chain
+from itertools import chain, repeat
 from typing import Any, ClassVar
 
 import torch
@@ -196,6 +197,8 @@ def _other_optimizers_hparams() -> frozenset[str]:
     return frozenset(names - {"capturable", "differentiable"})
 
 
+_grad_of = operator.attrgetter("grad")
+_is_sparse = operator.attrgetter("is_sparse")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 #: Groups with at least this many stepped parameters count steps in one vector.
@@ -317,7 +320,7 @@ class OptlabOptimizer(Optimizer):
 
     def _implementation(self, group: Mapping[str, Any], params: list[Tensor]) -> str:
         if group.get("fused"):
-            if _fused.plain_tensors(params):
+            if self._per_group(group, "plain", lambda: _fused.plain_tensors(group["params"])):
                 return "fused"
             if not getattr(self, "_warned_fused_fallback", False):
                 self._warned_fused_fallback = True
@@ -331,39 +334,50 @@ class OptlabOptimizer(Optimizer):
         foreach = group.get("foreach")
         if foreach is not None:
             return "foreach" if foreach else "loop"
-        return self._default_implementation(group)
+        worth_fusing = self._fusing_saves_passes(group)
+        return self._per_group(
+            group, ("default", worth_fusing), lambda: self._default_implementation(group)
+        )
+
+    def _per_group(self, group: Mapping[str, Any], what: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()``, a fact about ``group``'s parameters, kept while its list stays the same.
+
+        Looking at every tensor again each step costs ~0.05-0.4 ms for 500
+        tensors, a tenth of a fused step. Kept per group while ``group["params"]``
+        is the same list object of the same length; a parameter's type cannot
+        change, and its device and dtype are read again where they matter.
+        """
+        memo = self.__dict__.setdefault("_group_memo", {})
+        members = group["params"]
+        known = memo.get((id(group), what))
+        if known is not None and known[0] is members and known[1] == len(members):
+            return known[2]
+        value = compute()
+        memo[(id(group), what)] = (members, len(members), value)
+        return value
+
+    def _forget_group(self, group: Mapping[str, Any]) -> None:
+        memo = self.__dict__.get("_group_memo", {})
+        for key in [key for key in memo if key[0] == id(group)]:
+            del memo[key]
 
     def _default_implementation(self, group: Mapping[str, Any]) -> str:
         """What ``foreach=None`` picks for ``group``, decided on all its parameters.
 
-        The choice is made once per group and kept while its parameter list stays
-        the same: looking at every tensor again costs ~0.4 ms a step for 500
-        tensors, more than a tenth of a fused step.
+        Decided once per group (see :meth:`_per_group`) while its parameter list
+        stays the same.
         """
         members = group["params"]
-        worth_fusing = self._fusing_saves_passes(group)
-        choices = self.__dict__.setdefault("_default_choices", {})
-        known = choices.get(id(group))
-        if (
-            known is not None
-            and known[0] is members
-            and known[1] == len(members)
-            and known[2] == worth_fusing
-        ):
-            return known[3]
         if (
             group.get("fused") is None
             and "fused" in self.implementations
-            and worth_fusing
+            and self._fusing_saves_passes(group)
             and _fused.prefer_fused(members)
         ):
-            choice = "fused"  # measured: see optlab.optim._fused
-        elif all(type(p) in _FOREACH_TYPES for p in members):
-            choice = "foreach"
-        else:
-            choice = "loop"
-        choices[id(group)] = (members, len(members), worth_fusing, choice)
-        return choice
+            return "fused"  # measured: see optlab.optim._fused
+        if all(type(p) in _FOREACH_TYPES for p in members):
+            return "foreach"
+        return "loop"
 
     def _fusing_saves_passes(self, group: Mapping[str, Any]) -> bool:
         """Whether the fused kernel reads memory fewer times than foreach under ``group``'s options.
@@ -410,7 +424,7 @@ class OptlabOptimizer(Optimizer):
                         torch._foreach_sub_([state["step"] for state in states], 1.0)
                     raise
                 _fused.note_default_failure(params[0].device.type, error)
-                self.__dict__.get("_default_choices", {}).pop(id(group), None)
+                self._forget_group(group)
                 implementation = self._implementation(group, params)
                 self._update_group(group, real_params, real_grads, states, implementation)
             for i, original in zip(low_precision, originals, strict=True):
@@ -420,9 +434,15 @@ class OptlabOptimizer(Optimizer):
     def _collect(
         self, group: dict[str, Any], group_index: int
     ) -> tuple[list[Tensor], list[Tensor], list[dict[str, Any]]]:
-        params = [param for param in group["params"] if param.grad is not None]
-        grads = [param.grad for param in params]
-        if any(grad.is_sparse for grad in grads):
+        # C-level scans (map) where the loop body is one attribute: ~2x faster for 500 tensors.
+        members = group["params"]
+        grads = list(map(_grad_of, members))
+        if any(map(operator.is_, grads, repeat(None))):
+            params = [param for param, grad in zip(members, grads, strict=True) if grad is not None]
+            grads = [grad for grad in grads if grad is not None]
+        else:
+            params = list(members)
+        if any(map(_is_sparse, grads)):
             param_index = next(
                 i for i, p in enumerate(group["params"]) if p.grad is not None and p.grad.is_sparse
             )
@@ -434,7 +454,11 @@ class OptlabOptimizer(Optimizer):
         state_of = self.state
         states = [state_of[param] for param in params]
         required = self._required_state_keys(group) | ({"step"} if self.counts_steps else set())
-        for param, state in zip(params, states, strict=True):
+        if all(map(operator.ge, map(dict.keys, states), repeat(required))):
+            params_to_complete = []
+        else:
+            params_to_complete = zip(params, states, strict=True)
+        for param, state in params_to_complete:
             if state.keys() >= required:
                 continue
             if not state:

@@ -121,6 +121,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import operator
 import os
 import platform
 import re
@@ -573,6 +574,7 @@ class _Kernel:
         return self._runner
 
 
+_dtype_of = operator.attrgetter("dtype")
 _kernels: dict[tuple[Any, ...], _Kernel] = {}
 
 
@@ -768,9 +770,10 @@ def fused_update(
     first = params[0]
     signature = (first.device, first.dtype)
     key = None if keys is None else keys[0]
-    index, dtype = first.get_device(), first.dtype
-    if all(p.get_device() == index and p.dtype is dtype for p in params) and (
-        keys is None or keys.count(key) == count
+    if (
+        len(set(map(Tensor.get_device, params))) == 1
+        and len(set(map(_dtype_of, params))) == 1
+        and (keys is None or keys.count(key) == count)
     ):
         runs = {(signature, key): range(count)}
     else:
