@@ -66,7 +66,9 @@ this module records where its compiled C++ module lives and the argument
 order to call it with, in ``optlab_fused/`` inside Inductor's cache folder
 (``TORCHINDUCTOR_CACHE_DIR``, or its default). A later process with the same
 torch, Python, CPU (model and instruction-set flags), optlab rule sources,
-signature and Inductor settings loads that module directly and checks it
+signature, Inductor settings and thread count (Inductor writes serial loops
+for a one-thread process, OpenMP ones otherwise) loads that module directly
+and checks it
 against the eager rule before first use; a missing, damaged or disagreeing
 record means an ordinary compile. Measured: the first fused step of 500
 tensors takes about 0.04 s in such a process.
@@ -74,7 +76,8 @@ tensors takes about 0.04 s in such a process.
 Compiles are counted by :func:`compile_count` (kernels compiled or loaded;
 the compiles also show in ``torch._dynamo.utils.counters``); none happens
 after a signature's first step, whatever the learning rate, the step or
-which parameters have grads.
+which parameters have grads (a new ``torch.set_num_threads`` value makes a
+new CPU kernel, once).
 
 Availability and the default
 ----------------------------
