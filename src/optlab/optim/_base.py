@@ -491,7 +491,7 @@ class OptlabOptimizer(Optimizer):
         if (
             known is not None
             and len(known[1]) == len(steps)
-            and all(a is b for a, b in zip(known[1], steps, strict=True))
+            and all(map(operator.is_, known[1], steps))
         ):
             known[0].add_(1.0)
             return
