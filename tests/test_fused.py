@@ -308,6 +308,9 @@ def test_default_picks_fused_only_for_groups_large_enough_to_repay_the_compile(m
     assert plain._implementation(plain.param_groups[0], large) == "foreach"
     plain.param_groups[0]["momentum"] = 0.9
     assert plain._implementation(plain.param_groups[0], large) == "fused"
+    # fused=False set on the group after a default step: the kept choice must not stay fused.
+    plain.param_groups[0]["fused"] = False
+    assert plain._implementation(plain.param_groups[0], large) == "foreach"
     explicit = optimizer_class("adabelief")(large, foreach=True)
     assert explicit._implementation(explicit.param_groups[0], large) == "foreach"
     monkeypatch.setenv("OPTLAB_DISABLE_FUSED", "1")

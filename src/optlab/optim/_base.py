@@ -336,7 +336,9 @@ class OptlabOptimizer(Optimizer):
             return "foreach" if foreach else "loop"
         worth_fusing = self._fusing_saves_passes(group)
         return self._per_group(
-            group, ("default", worth_fusing), lambda: self._default_implementation(group)
+            group,
+            ("default", worth_fusing, group.get("fused")),
+            lambda: self._default_implementation(group),
         )
 
     def _per_group(self, group: Mapping[str, Any], what: Any, compute: Callable[[], Any]) -> Any:
