@@ -152,7 +152,7 @@ def _fused_sgd(
     params, grads, momentum_buffers, *,
     lr, momentum, dampening, weight_decay, nesterov, maximize,
 ) -> None:  # fmt: skip
-    first_steps = [buf is None for buf in momentum_buffers] if momentum != 0 else None
+    first_steps = [buf is None for buf in momentum_buffers]
     if momentum != 0:
         for i, first in enumerate(first_steps):
             if first:  # the kernel writes the gradient into it
@@ -166,7 +166,7 @@ def _fused_sgd(
             weight_decay,
             momentum,
             dampening,
-            float(bool(first)),  # None: no momentum, no first step to mark
+            float(first),
             float(nesterov),
         ),  # fmt: skip
         first_steps,
@@ -241,14 +241,10 @@ class SGD(OptlabOptimizer):
     def _update_group(self, group, params, grads, states, implementation) -> None:
         momentum = group["momentum"]
         # A checkpoint of torch <= 2.0 stores momentum_buffer=None: no buffer yet.
-        momentum_buffers: list[Tensor | None] = (
-            [
-                None if state.get("momentum_buffer") is None else as_real(state["momentum_buffer"])
-                for state in states
-            ]
-            if momentum != 0
-            else [None] * len(states)  # unused: plain SGD keeps no state
-        )
+        momentum_buffers: list[Tensor | None] = [
+            None if state.get("momentum_buffer") is None else as_real(state["momentum_buffer"])
+            for state in states
+        ]
         sgd(
             params,
             grads,
