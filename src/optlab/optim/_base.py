@@ -456,11 +456,8 @@ class OptlabOptimizer(Optimizer):
         state_of = self.state
         states = [state_of[param] for param in params]
         required = self._required_state_keys(group) | ({"step"} if self.counts_steps else set())
-        if all(map(operator.ge, map(dict.keys, states), repeat(required))):
-            params_to_complete = []
-        else:
-            params_to_complete = zip(params, states, strict=True)
-        for param, state in params_to_complete:
+        complete = all(map(operator.ge, map(dict.keys, states), repeat(required)))
+        for param, state in [] if complete else zip(params, states, strict=True):
             if state.keys() >= required:
                 continue
             if not state:

@@ -46,7 +46,8 @@ How the compile cost is kept constant in the number of parameters
   tensors of that device and dtype reach it. Contiguous N-D tensors are
   passed as they are (the kernel indexes them linearly). Before first use,
   each way of calling a kernel is checked against the eager rule on N-D
-  scratch tensors, with two sets of equal size and an empty one; where the
+  scratch tensors, with two sets of equal size and a one-element one (as
+  the padding); where the
   direct call of the C++ function fails that check, the wrapper is called,
   where that fails too (Triton checks dimensions) it is called with 1-D
   views, and should all fail with some torch version, the kernel is called
@@ -68,9 +69,8 @@ order to call it with, in ``optlab_fused/`` inside Inductor's cache folder
 torch, Python, CPU (model and instruction-set flags), optlab rule sources,
 signature, Inductor settings and thread count (Inductor writes serial loops
 for a one-thread process, OpenMP ones otherwise) loads that module directly
-and checks it
-against the eager rule before first use; a missing, damaged or disagreeing
-record means an ordinary compile. Measured: the first fused step of 500
+and checks it against the eager rule before first use; a missing, damaged
+or disagreeing record means an ordinary compile. Measured: the first fused step of 500
 tensors takes about 0.04 s in such a process.
 
 Compiles are counted by :func:`compile_count` (kernels compiled or loaded;
@@ -314,9 +314,10 @@ def _bucket_function(
 class _Kernel:
     """One compiled rule for one signature, over a bucket of ``arity`` tensor sets.
 
-    After its first compile it is called directly (Inductor's generated
-    ``call``), one call per bucket; unused slots of the last bucket get
-    one-element scratch tensors (``padding``).
+    After its first compile it is called directly, one call per bucket: on CPU
+    the generated C++ function itself, elsewhere Inductor's generated
+    ``call``. Unused slots of the last bucket get one-element scratch tensors
+    (``padding``).
     """
 
     def __init__(
@@ -785,18 +786,18 @@ def fused_update(
             run_key = ((param.device, param.dtype), None if keys is None else keys[index])
             runs.setdefault(run_key, []).append(index)
     # Compile every kernel this call needs before any tensor changes.
+    values = {key: list(scalars(key)) for _, key in runs}
     kernels = {}
-    for (signature, key), _ in runs.items():
+    for signature, key in runs:
         if signature not in kernels:
             device, dtype = signature
-            num_scalars = len(scalars(key))
-            kernels[signature] = _kernel(rule, flags, present, device, dtype, num_scalars)
+            kernels[signature] = _kernel(rule, flags, present, device, dtype, len(values[key]))
     given = [lists for lists in tensors if lists is not None]
     is_contiguous = Tensor.is_contiguous
     for (signature, key), indices in runs.items():
         kernel = kernels[signature]
         runner, arity = kernel.runner(), kernel.arity
-        vector = torch.tensor(list(scalars(key)), dtype=torch.float64, device=kernel.device)
+        vector = torch.tensor(values[key], dtype=torch.float64, device=kernel.device)
         # Grads match their parameter's dtype, device and shape (autograd and the
         # ``.grad`` setter check it) and the state is ours: only the layout is checked.
         run_lists = given if len(indices) == count else [[x[i] for i in indices] for x in given]
