@@ -16,6 +16,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -396,6 +397,55 @@ def _compiled_adam_kernel():
     _set_grads([params], 1)
     optimizer.step()
     return next(k for k in _fused._kernels.values() if k.rule.__name__ == "_adam_rule")
+
+
+def test_the_scalar_vector_is_rewritten_in_place_and_kept_per_thread():
+    kernel = _compiled_adam_kernel()
+    first = kernel.scalar_vector([1.0, 2.0, 3.0])
+    again = kernel.scalar_vector([4.0, 5.0, 6.0])
+    assert again is first and again.dtype == torch.float64
+    assert again.tolist() == [4.0, 5.0, 6.0]
+    other = []
+    thread = threading.Thread(target=lambda: other.append(kernel.scalar_vector([7.0, 8.0, 9.0])))
+    thread.start()
+    thread.join()
+    assert other[0] is not first and other[0].tolist() == [7.0, 8.0, 9.0]
+    assert first.tolist() == [4.0, 5.0, 6.0]
+    assert kernel.scalar_vector([1.0]).tolist() == [1.0]  # another length: a new vector
+
+
+def test_threads_stepping_optimizers_that_share_a_kernel_take_their_own_steps():
+    """Two threads stepping fused optimizers concurrently, on one kernel with different
+    learning rates, each take the loop's steps (the test above checks the per-thread
+    vector directly; a race on a shared one would rarely show here)."""
+    _compiled_adam_kernel()
+    pairs = []
+    for seed, lr in enumerate((1e-1, 1e-3)):
+        fused_params, loop_params = _params(20 + seed), _params(20 + seed)
+        pairs.append(
+            (
+                optimizer_class("adam")(fused_params, lr=lr, fused=True),
+                optimizer_class("adam")(loop_params, lr=lr, foreach=False),
+                fused_params,
+                loop_params,
+            )
+        )
+    errors = []
+
+    def train(pair, seed):
+        try:
+            _step_together(*pair, range(seed, seed + 200))
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=train, args=(pair, 100 * i)) for i, pair in enumerate(pairs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    for pair in pairs:
+        _assert_close_states(*pair)
 
 
 def test_a_recorded_kernel_is_loaded_without_compiling_and_takes_the_same_steps(monkeypatch):
