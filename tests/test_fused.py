@@ -283,6 +283,30 @@ def test_non_contiguous_and_complex_parameters_take_the_same_steps():
         assert _relative_error(fused_p.detach(), loop_p.detach()) <= 1e-5
 
 
+@pytest.mark.parametrize("flags", [{"fused": True}, {"foreach": True}])
+def test_a_group_mixing_dtypes_takes_the_loops_steps(flags):
+    def make():
+        params = _params(8)
+        params[1] = torch.nn.Parameter(params[1].detach().double())
+        return params
+
+    ours_params, loop_params = make(), make()
+    ours = optimizer_class("adam")(ours_params, lr=1e-2, **flags)
+    loop = optimizer_class("adam")(loop_params, lr=1e-2, foreach=False)
+    _step_together(ours, loop, ours_params, loop_params, range(10))
+    _assert_close_states(ours, loop, ours_params, loop_params)
+    assert ours_params[1].dtype == torch.float64
+
+
+def test_one_device_and_dtype_tells_cpu_from_meta_tensors():
+    cpu, meta = torch.zeros(2), torch.zeros(2, device="meta")
+    assert cpu.get_device() == meta.get_device()  # why get_device() alone would not do
+    assert _fused.one_device_and_dtype([cpu, torch.ones(3)])
+    assert not _fused.one_device_and_dtype([cpu, meta])
+    assert not _fused.one_device_and_dtype([meta, cpu])
+    assert not _fused.one_device_and_dtype([cpu, torch.zeros(2, dtype=torch.float64)])
+
+
 def test_low_precision_parameters_are_updated_through_float32_state():
     fused_params, loop_params = _params(7, torch.bfloat16), _params(7, torch.bfloat16)
     fused_opt = optimizer_class("adabelief")(fused_params, lr=1e-2, fused=True)

@@ -139,6 +139,9 @@ def group_by_device_and_dtype(
     ``None`` (an unused state such as ``max_exp_avg_sqs`` without amsgrad) stay
     ``None`` in every run. Order within a run follows the input order.
     """
+    first = tensorlists[0]
+    if first and _fused.one_device_and_dtype(first):  # the usual case: one run
+        return [[None if tensors is None else list(tensors) for tensors in tensorlists]]
     runs: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for index, tensor in enumerate(tensorlists[0] or ()):
         runs.setdefault((tensor.device, tensor.dtype), []).append(index)
@@ -201,6 +204,7 @@ _grad_of = operator.attrgetter("grad")
 _dtype_of = operator.attrgetter("dtype")
 _is_sparse = operator.attrgetter("is_sparse")
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+_COMPLEX = frozenset((torch.complex32, torch.complex64, torch.complex128))
 
 #: Groups with at least this many stepped parameters count steps in one vector.
 _SHARED_STEPS_MIN = 8
@@ -427,7 +431,7 @@ class OptlabOptimizer(Optimizer):
             for i in low_precision:
                 params[i] = params[i].float()
                 grads[i] = grads[i].float()
-            self._complex_group = any(dtype.is_complex for dtype in dtypes)
+            self._complex_group = not _COMPLEX.isdisjoint(dtypes)
             real_params, real_grads = params, grads
             if self._complex_group:
                 real_params = [as_real(p) for p in params]
@@ -470,8 +474,7 @@ class OptlabOptimizer(Optimizer):
                 f"(parameter {param_index} of param group {group_index}); use dense "
                 "gradients (e.g. nn.Embedding(sparse=False)) or torch.optim.SparseAdam"
             )
-        state_of = self.state
-        states = [state_of[param] for param in params]
+        states = list(map(self.state.__getitem__, params))  # a defaultdict: new states made
         required = self._group_state_keys(group)
         complete = all(map(operator.ge, map(dict.keys, states), repeat(required)))
         for param, state in [] if complete else zip(params, states, strict=True):
