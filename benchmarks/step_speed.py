@@ -5,10 +5,13 @@ torch.optim's loop/foreach/fused (where torch has the optimizer) and the
 reference packages (adabelief-pytorch, torch-optimizer, pytorch_optimizer),
 this measures on the same tensors:
 
-- the median step time over ``--repeats`` steps (after the first step and
-  two warm-up steps), parameters per second and effective GB/s: the bytes a
-  step must read and write (the byte model below) divided by the time;
-- the ratio to ``torch.optim.Adam(fused=True)`` (time, and GB/s);
+- the median step time over ``--repeats`` steps, shared among ``--rounds``
+  rounds that each build the optimizer on fresh copies of the tensors (after
+  the round's first step and two warm-up steps), parameters per second and
+  effective GB/s: the bytes a step must read and write (the byte model
+  below) divided by the time;
+- the ratio to ``torch.optim.Adam(fused=True)`` (time, and GB/s), stepped
+  after each timed step on its own fresh copies, rebuilt each round;
 - the peak extra memory of one step (CPU: PyTorch's memory profiler; CUDA:
   the caching allocator's peak), in MB and in units of the model's size;
 - the first step's time in this process and the number of fused kernels
@@ -161,29 +164,34 @@ class Row:
 
 
 class Bench:
-    def __init__(self, device: str, repeats: int, scale: int, memory: bool) -> None:
+    def __init__(
+        self, device: str, repeats: int, scale: int, memory: bool, rounds: int = 3
+    ) -> None:
         import torch
 
         self.torch = torch
         self.device = torch.device(device)
         self.repeats = repeats
+        self.rounds = max(1, min(rounds, repeats))
         self.scale = scale
         self.memory = memory
         self._base: dict[str, tuple[list, list]] = {}
-        self._yardsticks: dict[str, Any] = {}
+
+    def fresh_params(self, regime: str) -> list:
+        """New copies of this regime's tensors (new memory), each with its gradient."""
+        torch = self.torch
+        values, grads = self.tensors(regime)
+        params = [torch.nn.Parameter(v.clone()) for v in values]
+        for param, grad in zip(params, grads, strict=True):
+            param.grad = grad.clone()
+        return params
 
     def yardstick(self, regime: str) -> Any:
-        """torch.optim.Adam(fused=True) on a copy of this regime's tensors, warmed up."""
-        torch = self.torch
-        if regime not in self._yardsticks:
-            values, grads = self.tensors(regime)
-            params = [torch.nn.Parameter(v.clone()) for v in values]
-            for param, grad in zip(params, grads, strict=True):
-                param.grad = grad.clone()
-            self._yardsticks[regime] = torch.optim.Adam(params, fused=True)
-            for _ in range(3):
-                self._yardsticks[regime].step()
-        return self._yardsticks[regime]
+        """torch.optim.Adam(fused=True) on fresh copies of this regime's tensors, warmed up."""
+        yardstick = self.torch.optim.Adam(self.fresh_params(regime), fused=True)
+        for _ in range(3):
+            yardstick.step()
+        return yardstick
 
     def time_ms(self, step: Callable[[], Any]) -> float:
         self.sync()
@@ -214,43 +222,53 @@ class Bench:
         return self._base[regime]
 
     def measure(self, row: Row, factory: Callable[[list], Any]) -> Row:
+        """Time ``factory``'s optimizer against the yardstick, in ``rounds`` rounds.
+
+        Each round builds the row's optimizer and a yardstick on fresh copies
+        of the tensors: where tensors land in memory moves a memory-bound
+        step by several percent on a shared machine (measured: the same
+        kernel on five sets of tensors in one process, up to 4 % apart), so
+        each row's medians pool several placements of both.
+        """
         from optlab.optim import _fused
 
-        torch = self.torch
-        values, grads = self.tensors(row.regime)
-        params = [torch.nn.Parameter(v.clone()) for v in values]
-        for param, grad in zip(params, grads, strict=True):
-            param.grad = grad.clone()
-        row.numel = sum(p.numel() for p in params)
-        optimizer = None
+        row.numel = sum(v.numel() for v in self.tensors(row.regime)[0])
+        share, extra = divmod(self.repeats, self.rounds)
+        times: list[float] = []
+        yardstick_times: list[float] = []
+        params = optimizer = yardstick = None
         try:
             with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                optimizer = factory(params)
                 compiles = _fused.compile_count()
-                self.sync()
-                start = time.perf_counter()
-                optimizer.step()
-                self.sync()
-                row.first_step_s = time.perf_counter() - start
-                for _ in range(2):
+                for round_index in range(self.rounds):
+                    params = self.fresh_params(row.regime)
+                    optimizer = factory(params)
+                    self.sync()
+                    start = time.perf_counter()
                     optimizer.step()
-                # Each step of this row, then one of torch's fused Adam: the two
-                # medians see the same machine load, whatever it does meanwhile.
-                yardstick = self.yardstick(row.regime).step
-                times, yardstick_times = [], []
-                for _ in range(self.repeats):
-                    times.append(self.time_ms(optimizer.step))
-                    yardstick_times.append(self.time_ms(yardstick))
+                    self.sync()
+                    if round_index == 0:
+                        row.first_step_s = time.perf_counter() - start
+                    for _ in range(2):
+                        optimizer.step()
+                    # Each step of this row, then one of torch's fused Adam: the two
+                    # medians see the same machine load, whatever it does meanwhile.
+                    yardstick = self.yardstick(row.regime)
+                    for _ in range(share + (round_index < extra)):
+                        times.append(self.time_ms(optimizer.step))
+                        yardstick_times.append(self.time_ms(yardstick.step))
+                    if self.memory and round_index == self.rounds - 1:
+                        row.peak_extra_mb = self.peak_extra_bytes(optimizer.step) / 1e6
+                    params = optimizer = yardstick = None
+                    gc.collect()
                 row.times_ms = times
                 row.median_ms = statistics.median(times)
                 row.yardstick_ms = statistics.median(yardstick_times)
-                if self.memory:
-                    row.peak_extra_mb = self.peak_extra_bytes(optimizer.step) / 1e6
                 row.compiles = _fused.compile_count() - compiles
         except Exception as error:  # a reference that cannot run here: say so, go on
             row.note = f"{type(error).__name__}: {str(error).splitlines()[0][:80]}"
-        del params, optimizer
+        del params, optimizer, yardstick
         gc.collect()
         return row
 
@@ -599,16 +617,17 @@ def write_report(
         *machine_description(bench),
         f"- plain copy bandwidth (read + write) on this device: {copy_gbps:.1f} GB/s",
         "",
-        "Each row: the median of the timed steps (after the first step and two warm-up "
-        "steps), on fresh copies of the same tensors. Effective GB/s counts the bytes a step "
+        f"Each row: the median of the timed steps, measured in {bench.rounds} round(s), each "
+        "on fresh copies of the same tensors (new memory) after that round's first step and "
+        "two warm-up steps. Effective GB/s counts the bytes a step "
         "must move per fp32 parameter: 12 for SGD (p, g read; p written), 20 for SGD with "
         "momentum, Adagrad and RMSprop (one state tensor read and written), 28 for Adam, AdamW, "
         "Adadelta, Yogi, EAdam and AdaBelief (two), 36 for AMSGrad (three). `(default)` marks "
         "what `foreach=None, fused=None` picks. Peak extra memory: the most memory a step holds "
         "beyond the parameters, gradients and state, in MB and as a multiple of the model's size. "
         "The two 'vs torch fused Adam' columns compare each row with torch.optim.Adam(fused=True) "
-        "on a copy of the same tensors, one yardstick step timed after each of the row's steps "
-        "(so both medians see the same machine load); the first row is the yardstick against "
+        "on its own fresh copy of the same tensors each round, one yardstick step timed after "
+        "each of the row's steps (so both medians see the same machine load); the first row is the yardstick against "
         "a second instance of itself. Comparisons between two rows (the bars below) divide "
         "their ratios to the yardstick, which cancels the machine's drift between rows.",
         "",
@@ -673,6 +692,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="large: 64 tensors of 262144; small: 500 tensors of 4096 (default: both)",
     )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=20, help="timed steps per row (default 20)")
+    parser.add_argument(
+        "--rounds", type=int, default=3,
+        help="rounds per row, each on fresh copies of the tensors for the row and the "
+        "yardstick; the timed steps are shared among them (default 3)",
+    )  # fmt: skip
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument(
         "--scale", type=int, default=1, help="multiply every tensor's size (use 16+ on a GPU)"
@@ -717,7 +741,15 @@ def run(args: argparse.Namespace) -> int:
 
     # The profiler's tracing library logs every start and stop to stderr unless told not to.
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")
-    bench = Bench(args.device, args.repeats, args.scale, memory=not args.no_memory)
+    if args.repeats < 1 or args.rounds < 1:
+        print(
+            f"--repeats and --rounds must be at least 1, got {args.repeats} and {args.rounds}",
+            file=sys.stderr,
+        )
+        return 2
+    bench = Bench(
+        args.device, args.repeats, args.scale, memory=not args.no_memory, rounds=args.rounds
+    )
     copy_gbps = bench.copy_bandwidth_gbps()
     log(f"plain copy: {copy_gbps:.1f} GB/s")
     all_rows = {regime: run_regime(bench, regime, args.optimizers, log) for regime in args.regimes}

@@ -39,3 +39,12 @@ def test_speed_measures_every_path_and_writes_the_report(tmp_path, capsys):
         if line.startswith("| sgd |"):
             assert re.match(r"\| sgd \| [^|]+ \| [^|]+ \| \d+\.\d+ \|", line), line
     assert "The issue's bars, checked against this run" in report
+
+
+def test_speed_refuses_zero_rounds_or_repeats(tmp_path, capsys):
+    output = tmp_path / "benchmarks.md"
+    for flag in ("--rounds", "--repeats"):
+        argv = ["speed", "--optimizers", "sgd", flag, "0", "--output", str(output)]
+        assert main(argv) == 2
+        assert "must be at least 1, got" in capsys.readouterr().err
+    assert not output.exists()
