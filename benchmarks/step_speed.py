@@ -6,8 +6,9 @@ reference packages (adabelief-pytorch, torch-optimizer, pytorch_optimizer),
 this measures on the same tensors:
 
 - the median step time over ``--repeats`` steps, shared among ``--rounds``
-  rounds that each build the optimizer on fresh copies of the tensors (after
-  the round's first step and two warm-up steps), parameters per second and
+  rounds over all rows of a regime, each building every row's optimizer on
+  fresh copies of the tensors (after the round's first step and two warm-up
+  steps), parameters per second and
   effective GB/s: the bytes a step must read and write (the byte model
   below) divided by the time;
 - the ratio to ``torch.optim.Adam(fused=True)`` (time, and GB/s), stepped
@@ -144,6 +145,8 @@ class Row:
     times_ms: list[float] = field(default_factory=list)
     #: torch's fused Adam on the same tensors, one step after each of this row's steps
     yardstick_ms: float = float("nan")
+    yardstick_times_ms: list[float] = field(default_factory=list)
+    failed: bool = False
 
     @property
     def time_ratio(self) -> float:
@@ -165,7 +168,7 @@ class Row:
 
 class Bench:
     def __init__(
-        self, device: str, repeats: int, scale: int, memory: bool, rounds: int = 3
+        self, device: str, repeats: int, scale: int, memory: bool, rounds: int = 5
     ) -> None:
         import torch
 
@@ -221,56 +224,69 @@ class Bench:
             self._base[regime] = (values, grads)
         return self._base[regime]
 
-    def measure(self, row: Row, factory: Callable[[list], Any]) -> Row:
-        """Time ``factory``'s optimizer against the yardstick, in ``rounds`` rounds.
+    def measure_all(
+        self, planned: list[tuple[Row, Callable[[list], Any]]], log: Callable[[str], None]
+    ) -> None:
+        """Time every planned row against the yardstick, in ``rounds`` rounds over all rows.
 
-        Each round builds the row's optimizer and a yardstick on fresh copies
-        of the tensors: where tensors land in memory moves a memory-bound
-        step by several percent on a shared machine (measured: the same
-        kernel on five sets of tensors in one process, up to 4 % apart), so
-        each row's medians pool several placements of both.
+        Round after round, every row builds its optimizer, and a yardstick, on
+        fresh copies of the tensors and takes its share of the timed steps.
+        So each row's medians pool several memory placements (where tensors
+        land moves a memory-bound step by a few percent) and several moments
+        minutes apart: a burst of load on the shared machine, which can slow
+        one kernel more than another for a second or two, then touches one
+        round of a row, not all its steps.
         """
+        share, extra = divmod(self.repeats, self.rounds)
+        for round_index in range(self.rounds):
+            if self.rounds > 1:
+                log(f"  round {round_index + 1} of {self.rounds}")
+            for row, factory in planned:
+                if not row.failed:
+                    self.measure_round(row, factory, round_index, share + (round_index < extra))
+        for row, _ in planned:
+            if row.failed:
+                row.times_ms, row.yardstick_times_ms = [], []
+                continue
+            row.median_ms = statistics.median(row.times_ms)
+            row.yardstick_ms = statistics.median(row.yardstick_times_ms)
+
+    def measure_round(
+        self, row: Row, factory: Callable[[list], Any], round_index: int, steps: int
+    ) -> None:
+        """One round of ``row``: a new optimizer and yardstick, ``steps`` timed steps of each."""
         from optlab.optim import _fused
 
         row.numel = sum(v.numel() for v in self.tensors(row.regime)[0])
-        share, extra = divmod(self.repeats, self.rounds)
-        times: list[float] = []
-        yardstick_times: list[float] = []
         params = optimizer = yardstick = None
+        compiles = _fused.compile_count()
         try:
             with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                compiles = _fused.compile_count()
-                for round_index in range(self.rounds):
-                    params = self.fresh_params(row.regime)
-                    optimizer = factory(params)
-                    self.sync()
-                    start = time.perf_counter()
+                params = self.fresh_params(row.regime)
+                optimizer = factory(params)
+                self.sync()
+                start = time.perf_counter()
+                optimizer.step()
+                self.sync()
+                if round_index == 0:
+                    row.first_step_s = time.perf_counter() - start
+                for _ in range(2):
                     optimizer.step()
-                    self.sync()
-                    if round_index == 0:
-                        row.first_step_s = time.perf_counter() - start
-                    for _ in range(2):
-                        optimizer.step()
-                    # Each step of this row, then one of torch's fused Adam: the two
-                    # medians see the same machine load, whatever it does meanwhile.
-                    yardstick = self.yardstick(row.regime)
-                    for _ in range(share + (round_index < extra)):
-                        times.append(self.time_ms(optimizer.step))
-                        yardstick_times.append(self.time_ms(yardstick.step))
-                    if self.memory and round_index == self.rounds - 1:
-                        row.peak_extra_mb = self.peak_extra_bytes(optimizer.step) / 1e6
-                    params = optimizer = yardstick = None
-                    gc.collect()
-                row.times_ms = times
-                row.median_ms = statistics.median(times)
-                row.yardstick_ms = statistics.median(yardstick_times)
-                row.compiles = _fused.compile_count() - compiles
+                # Each step of this row, then one of torch's fused Adam: the two
+                # medians see the same machine load, whatever it does meanwhile.
+                yardstick = self.yardstick(row.regime)
+                for _ in range(steps):
+                    row.times_ms.append(self.time_ms(optimizer.step))
+                    row.yardstick_times_ms.append(self.time_ms(yardstick.step))
+                if self.memory and round_index == self.rounds - 1:
+                    row.peak_extra_mb = self.peak_extra_bytes(optimizer.step) / 1e6
         except Exception as error:  # a reference that cannot run here: say so, go on
+            row.failed = True
             row.note = f"{type(error).__name__}: {str(error).splitlines()[0][:80]}"
+        row.compiles += _fused.compile_count() - compiles
         del params, optimizer, yardstick
         gc.collect()
-        return row
 
     def peak_extra_bytes(self, step: Callable[[], Any]) -> float:
         torch = self.torch
@@ -363,12 +379,11 @@ def run_regime(
 ) -> list[Row]:
     references = _reference_factories()
     rows: list[Row] = []
+    planned: list[tuple[Row, Callable[[list], Any]]] = []
 
     def add(row: Row, factory: Callable[[list], Any]) -> None:
-        bench.measure(row, factory)
         rows.append(row)
-        shown = f"{row.median_ms:9.2f} ms" if row.times_ms else f"skipped ({row.note})"
-        log(f"  {regime:<6} {row.name:<10} {row.implementation:<28} {row.path:<8} {shown}")
+        planned.append((row, factory))
 
     # The yardstick first: torch's fused Adam on the same tensors.
     yardstick = Row(regime, "adam", "torch.optim", "fused", bytes_per_param=28)
@@ -397,7 +412,11 @@ def run_regime(
                 rows[0].note = "default"
         for label, factory in references.get(name, []):
             add(Row(regime, name, label, "default", bytes_per_param=BYTES_PER_PARAM[name]), factory)
-            rows[-1].note = rows[-1].note or "default"
+            rows[-1].note = "default"
+    bench.measure_all(planned, log)
+    for row in rows:
+        shown = f"{row.median_ms:9.2f} ms" if row.times_ms else f"skipped ({row.note})"
+        log(f"  {regime:<6} {row.name:<10} {row.implementation:<28} {row.path:<8} {shown}")
     return rows
 
 
@@ -617,9 +636,10 @@ def write_report(
         *machine_description(bench),
         f"- plain copy bandwidth (read + write) on this device: {copy_gbps:.1f} GB/s",
         "",
-        f"Each row: the median of the timed steps, measured in {bench.rounds} round(s), each "
-        "on fresh copies of the same tensors (new memory) after that round's first step and "
-        "two warm-up steps. Effective GB/s counts the bytes a step "
+        f"Each row: the median of its timed steps, taken in {bench.rounds} round(s) over all "
+        "the rows of a regime (so a row's steps come from moments minutes apart), each round on "
+        "fresh copies of the same tensors (new memory) after that round's first step and two "
+        "warm-up steps. Effective GB/s counts the bytes a step "
         "must move per fp32 parameter: 12 for SGD (p, g read; p written), 20 for SGD with "
         "momentum, Adagrad and RMSprop (one state tensor read and written), 28 for Adam, AdamW, "
         "Adadelta, Yogi, EAdam and AdaBelief (two), 36 for AMSGrad (three). `(default)` marks "
@@ -693,9 +713,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=20, help="timed steps per row (default 20)")
     parser.add_argument(
-        "--rounds", type=int, default=3,
-        help="rounds per row, each on fresh copies of the tensors for the row and the "
-        "yardstick; the timed steps are shared among them (default 3)",
+        "--rounds", type=int, default=5,
+        help="rounds over all rows; in each, every row and its yardstick are built on "
+        "fresh copies of the tensors and take their share of the timed steps (default 5)",
     )  # fmt: skip
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument(
