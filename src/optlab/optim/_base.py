@@ -143,7 +143,7 @@ def group_by_device_and_dtype(
     if first and _fused.one_device_and_dtype(first):  # the usual case: one run
         return [[None if tensors is None else list(tensors) for tensors in tensorlists]]
     runs: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for index, tensor in enumerate(tensorlists[0] or ()):
+    for index, tensor in enumerate(first or ()):
         runs.setdefault((tensor.device, tensor.dtype), []).append(index)
     return [
         [None if tensors is None else [tensors[i] for i in indices] for tensors in tensorlists]
