@@ -1,16 +1,14 @@
-"""``optlab tasks``, ``optlab compare`` and ``optlab report``: the lab's commands.
+"""``optlab tasks``, ``compare``, ``run`` and ``report``: the lab's commands.
 
 A thin shell over :mod:`optlab.lab`: parse, check, run the study, print the
-summary table and where the report is. The study's arguments are added by
-:func:`add_study_arguments` and turned into a :class:`StudySpec` by
-:func:`study_from_args`, so other commands (and options such as a future
-``--nproc``) can reuse them.
+tables and where the report is. The study's flags come from the fields table
+of :mod:`optlab.lab.studyfile` (the same one ``optlab run FILE`` reads study
+files with), so flags, files and the reproduce command cannot drift apart.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import hashlib
 import json
 import shlex
@@ -26,11 +24,13 @@ RESULTS_ROOT = "results"
 
 COMPARE_EXAMPLE = """\
 examples:
-  optlab compare                      # the default study: digits-mlp, 12 optimizers, defaults
-  optlab compare --task cancer-logreg --optimizers adam,adabelief,sgd --seeds 3
-  optlab compare --task digits-cnn --optimizers adam,adabelief --tune lr --jobs 2
-  optlab compare --task quadratic-deep --optimizers adam,adabelief --tune lr \\
-      --tuner optuna --trials 12 --epochs 20
+  optlab compare                      # the default study: digits-mlp, 12 optimizers, lr tuned
+  optlab compare --task cancer-logreg --optimizers adam,adabelief,sgd --seeds 5
+  optlab compare --arm adabelief --arm 'adabelief-e8=adabelief:eps=1e-8' \\
+      --arm 'adam:eps=1e-16' --tune 'lr=1e-5..1:log'
+  optlab compare --suite small --optimizers adam,adabelief,momentum,eadam \\
+      --tune 'lr=1e-4..1:log' --tune 'eps=1e-16..1e-6:log' --tuner optuna --trials 12
+  optlab compare --task text-lstm --task-option layers=2 --optimizers adam,adabelief
   optlab compare --optimizers adam,adabelief --lr 3e-3 --set 'betas=(0.9,0.99)' \\
       --schedule cosine --out results/betas
   optlab compare --task cancer-logreg --optimizers adam,adabelief --nproc 2
@@ -38,6 +38,19 @@ examples:
 
 Results go to --out (default results/<task>-<hash of the arguments>); running
 the same command again resumes, skipping finished runs."""
+
+RUN_EXAMPLE = """\
+examples:
+  optlab run study.toml --out results/mine --jobs 2
+  optlab run results/mine/study.toml --out results/mine     # resume / reproduce
+
+A study file (every key optional; unknown keys are refused):
+  tasks = ["digits-mlp", "cancer-logreg"]      # or: suite = "small"
+  seeds = 5
+  tune = ["lr=1e-4..1:log:5", "eps=1e-16..1e-6:log:3"]
+  arms = ["adam", "adabelief-e8=adabelief:eps=1e-8"]
+  [hparams]
+  weight_decay = 0.0"""
 
 
 # ------------------------------------------------------------ argument types
@@ -53,57 +66,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-
-
-def _name_list(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError(f"must be a comma-separated list of names, got {text!r}")
-    return names
-
-
-def _number_list(text: str) -> list[float]:
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be comma-separated numbers like 1e-4,1e-3,1e-2, got {text!r}"
-        ) from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"must hold at least one number, got {text!r}")
-    return values
-
-
-_WORDS = {"true": True, "false": False, "none": None}
-
-
 def parse_set(text: str) -> tuple[str, Any]:
     """``name=value`` with ``value`` a Python literal (number, True/False, None, tuple)."""
+    from optlab.lab.spec import parse_literal
+
     name, sep, raw = text.partition("=")
     name, raw = name.strip(), raw.strip()
     if not sep or not name.isidentifier() or not raw:
         raise argparse.ArgumentTypeError(f"expects name=value (e.g. eps=1e-8), got {text!r}")
-    if raw.lower() in _WORDS:
-        return name, _WORDS[raw.lower()]
     try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        raise argparse.ArgumentTypeError(
-            f"value of {name} must be a Python literal (a number, True/False or a tuple such "
-            f"as (0.9,0.99)), got {raw!r}"
-        ) from None
-    if isinstance(value, list):
-        value = tuple(value)
-    if not isinstance(value, (int, float, bool, tuple)) and value is not None:
-        raise argparse.ArgumentTypeError(
-            f"value of {name} must be a number, True/False, None or a tuple, got {raw!r}"
-        )
-    return name, value
+        return name, parse_literal(name, raw)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 # ---------------------------------------------------------------- arguments
@@ -111,111 +85,23 @@ def parse_set(text: str) -> tuple[str, Any]:
 
 def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments that define a study (shared by every command that runs one)."""
-    from optlab.lab.schedules import list_schedules
-    from optlab.lab.study import TUNABLE, TUNERS, default_study
+    from optlab.lab.studyfile import add_study_arguments as add
 
-    default = default_study()
-    group = parser.add_argument_group("study")
-    group.add_argument("--task", help=f"task to train (default {default.task}; see optlab tasks)")
-    group.add_argument(
-        "--optimizers",
-        type=_name_list,
-        metavar="A,B,...",
-        help="optimizers to compare (default: the twelve core ones; see optlab list)",
-    )
-    group.add_argument(
-        "--seeds",
-        type=_positive_int,
-        metavar="N",
-        help=f"seeds per optimizer, 0..N-1 (default {len(default.seeds)})",
-    )
-    group.add_argument("--epochs", type=_positive_int, help="epochs per run (default: the task's)")
-    group.add_argument(
-        "--batch-size", type=_positive_int, metavar="B", help="batch size (default: the task's)"
-    )
-    group.add_argument("--lr", type=_number, help="learning rate for every optimizer")
-    group.add_argument(
-        "--set",
-        type=parse_set,
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="fix a hyper-parameter for every optimizer, e.g. --set eps=1e-8 "
-        "--set 'betas=(0.9,0.99)' (repeatable; quote values with parentheses)",
-    )
-    group.add_argument(
-        "--schedule",
-        choices=list_schedules(),
-        default="constant",
-        help="learning-rate schedule (default constant)",
-    )
-    group.add_argument("--data-dir", metavar="D", help="data of file-backed tasks (MNIST, CIFAR)")
-    tuning = parser.add_argument_group("tuning (DeepOBS protocol)")
-    tuning.add_argument(
-        "--tune",
-        choices=TUNABLE,
-        help="tune the learning rate per optimizer (one seed per point, best final "
-        "validation metric; the training objective on tasks without held-out data), then "
-        "rerun the best with every seed and report test metrics",
-    )
-    tuning.add_argument(
-        "--tuner", choices=TUNERS, default="grid", help="log grid, or Optuna TPE (default grid)"
-    )
-    tuning.add_argument(
-        "--lr-grid",
-        type=_number_list,
-        metavar="X,Y,...",
-        help="learning rates of the grid; with --tuner optuna its min and max bound the "
-        "search (default 1e-4 to 10 in half decades)",
-    )
-    tuning.add_argument(
-        "--trials", type=_positive_int, default=20, help="Optuna trials per optimizer (default 20)"
-    )
+    add(parser)
 
 
-def study_from_args(args: argparse.Namespace):  # -> StudySpec
-    """The study the arguments describe; :class:`CommandLineError` when they are inconsistent."""
-    from optlab.lab.study import DEFAULT_LR_GRID, StudySpec, default_study, validate_study
-
-    default = default_study()
-    hparams: dict[str, Any] = {}
-    for name, value in args.set:
-        if name in hparams and hparams[name] != value:
-            raise CommandLineError(f"--set {name} given twice ({hparams[name]!r} and {value!r})")
-        hparams[name] = value
-    if args.lr is not None:
-        if "lr" in hparams and hparams["lr"] != args.lr:
-            raise CommandLineError(f"--lr {args.lr} and --set lr={hparams['lr']} disagree")
-        hparams["lr"] = args.lr
-    if args.tune and "lr" in hparams:
-        raise CommandLineError(
-            "--tune lr and a fixed learning rate (--lr or --set lr) exclude each other"
-        )
-    if not args.tune and args.lr_grid:
-        raise CommandLineError("--lr-grid needs --tune lr")
-    study = StudySpec(
-        task=args.task or default.task,
-        optimizers=tuple(args.optimizers or default.optimizers),
-        hparams=hparams,
-        seeds=tuple(range(args.seeds)) if args.seeds else default.seeds,
-        epochs=args.epochs if args.epochs is not None else default.epochs,
-        schedule=args.schedule,
-        batch_size=args.batch_size,
-        data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
-        tune=args.tune,
-        tuner=args.tuner,
-        lr_grid=tuple(args.lr_grid) if args.lr_grid else DEFAULT_LR_GRID,
-        trials=args.trials,
-    )
+def _checked(study: Any) -> Any:
+    """The study validated against the catalogue, or :class:`CommandLineError`."""
     from optlab.lab.data import DatasetNotFoundError
+    from optlab.lab.spec import validate_study
     from optlab.lab.tasks import get_task
 
     try:
-        if get_task(study.task).needs_data_dir and not study.data_dir:
-            raise CommandLineError(
-                f"task {study.task} reads its data from files: give --data-dir DIR "
-                "(see optlab tasks)"
-            )
+        for task in study.tasks:
+            if get_task(task).needs_data_dir and not study.data_dir:
+                raise CommandLineError(
+                    f"task {task} reads its data from files: give --data-dir DIR (see optlab tasks)"
+                )
         # Everything that could fail later (data files, batch size, options) fails here,
         # before the results directory is touched.
         return validate_study(study)
@@ -223,19 +109,38 @@ def study_from_args(args: argparse.Namespace):  # -> StudySpec
         raise CommandLineError(str(error).splitlines()[0]) from None
 
 
-def default_out(study: Any) -> Path:
-    """``results/<task>-<hash>``: the same arguments always resume in the same directory."""
+def study_from_args(args: argparse.Namespace):  # -> StudySpec
+    """The study the arguments describe; :class:`CommandLineError` when they are inconsistent."""
+    from optlab.lab.studyfile import study_from_args as from_args
+
+    try:
+        study = from_args(args)
+    except ValueError as error:
+        raise CommandLineError(str(error).splitlines()[0]) from None
+    return _checked(study)
+
+
+def default_out(study: Any, stem: str | None = None) -> Path:
+    """``results/<task>-<hash>``: the same study always resumes in the same directory."""
     digest = hashlib.sha256(json.dumps(study.to_dict(), sort_keys=True).encode()).hexdigest()
-    return Path(RESULTS_ROOT) / f"{study.task}-{digest[:8]}"
+    if stem is None:
+        tasks = list(study.tasks)
+        stem = "+".join(tasks) if len(tasks) <= 2 else f"{tasks[0]}+{len(tasks) - 1}-more"
+    return Path(RESULTS_ROOT) / f"{stem}-{digest[:8]}"
 
 
-def default_jobs() -> int:
-    """One process. Each spawned worker first spends about 5 s of CPU importing torch,
-    torch._dynamo and scikit-learn, which is what the default study's 36 runs (about
-    0.7 s each) would save on two cores: measured on the shared 2-core machine, --jobs 2
-    took 27-80 s and --jobs 1 23-56 s (identical records). Larger studies (tuning grids,
-    bigger tasks) gain from --jobs N."""
-    return 1
+def default_jobs(study: Any = None) -> int:
+    """Two workers on a machine with two or more cores for a study of more than 48 runs,
+    else one. Each spawned worker first spends about 5 s of CPU importing torch,
+    torch._dynamo and scikit-learn, which a small study (36 runs of about 0.7 s) would
+    not win back: measured on the shared 2-core machine, the untuned 12-optimizer study
+    took 27-80 s with --jobs 2 and 23-56 s with --jobs 1 (identical records)."""
+    import os
+
+    if study is None:
+        return 1
+    runs = sum(len(study.tasks) * (study.budget(arm) + len(study.seeds)) for arm in study.arms)
+    return 2 if runs > 48 and (os.cpu_count() or 1) >= 2 else 1
 
 
 # ----------------------------------------------------------------- progress
@@ -279,48 +184,30 @@ class _Progress:
 # ----------------------------------------------------------------- commands
 
 
-def _literal(value: Any) -> str:
-    if isinstance(value, (tuple, list)):
-        return "(" + ",".join(_literal(v) for v in value) + ("," if len(value) == 1 else "") + ")"
-    return repr(value)
-
-
-def compare_command(study: Any, out: Path | str) -> str:
-    """The ``optlab compare`` command line that reproduces (and resumes) ``study`` in ``out``."""
-    from optlab.lab.study import DEFAULT_LR_GRID
-
-    parts = ["optlab", "compare", "--task", study.task, "--optimizers", ",".join(study.optimizers)]
-    parts += ["--seeds", str(len(study.seeds))]
-    if study.epochs is not None:
-        parts += ["--epochs", str(study.epochs)]
-    if study.batch_size is not None:
-        parts += ["--batch-size", str(study.batch_size)]
-    for name, value in study.hparams.items():
-        parts += (
-            ["--lr", _literal(value)] if name == "lr" else ["--set", f"{name}={_literal(value)}"]
-        )
-    if study.schedule != "constant":
-        parts += ["--schedule", study.schedule]
-    if study.data_dir:
-        parts += ["--data-dir", study.data_dir]
-    if study.tune:
-        parts += ["--tune", study.tune]
-        if study.tuner != "grid":
-            parts += ["--tuner", study.tuner, "--trials", str(study.trials)]
-        if study.lr_grid != DEFAULT_LR_GRID:
-            parts += ["--lr-grid", ",".join(repr(lr) for lr in study.lr_grid)]
-    parts += ["--out", str(out)]
-    return " ".join(shlex.quote(part) for part in parts)
-
-
 def run_compare(args: argparse.Namespace) -> int:
     study = study_from_args(args)
+    return _run_with_session(args, study, None)
+
+
+def run_file(args: argparse.Namespace) -> int:
+    from optlab.lab.studyfile import StudyFileError, load_toml
+
+    try:
+        study = load_toml(args.file)
+    except StudyFileError as error:
+        raise CommandLineError(str(error)) from None
+    study = _checked(study)
+    text = Path(args.file).read_text(encoding="utf-8")
+    return _run_with_session(args, study, (Path(args.file), text))
+
+
+def _run_with_session(args: argparse.Namespace, study: Any, source: Any) -> int:
     session = _distributed_session(args)
     if session is not None and not session.is_driver:
         session.serve()  # trains what rank 0 sends; rank 0 alone writes and prints
         return 0
     try:
-        return _run_compare(args, study, session)
+        return _run(args, study, session, source)
     finally:
         if session is not None:
             session.close()
@@ -343,29 +230,52 @@ def _distributed_session(args: argparse.Namespace) -> Any:
         raise CommandLineError(str(error)) from None
 
 
-def _run_compare(args: argparse.Namespace, study: Any, session: Any) -> int:
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'s' if count != 1 else ''}"
+
+
+def _banner(study: Any, jobs: int, session: Any, out: Path) -> str:
+    budgets = sorted({study.budget(arm) for arm in study.arms})
+    tuned = [arm for arm in study.arms if study.tuned(arm)]
+    text = (
+        f"{_plural(len(study.tasks), 'task')} x {_plural(len(study.arms), 'arm')} x "
+        f"{_plural(len(study.seeds), 'seed')}"
+    )
+    if tuned:
+        names = sorted({dim.name for arm in tuned for dim in study.space(arm)})
+        budget = "/".join(map(str, budgets))
+        text += f", {'+'.join(names)} tuned by {study.tuner} ({budget} runs per arm and task)"
+    else:
+        text += ", untuned (every arm at its given hyper-parameters)"
+    text += f", {_plural(jobs, 'worker')}"
+    if session is not None:
+        text += f", DDP over {session.world_size} processes"
+    return text + f" -> {out}"
+
+
+def _run(args: argparse.Namespace, study: Any, session: Any, source: Any) -> int:
     from optlab.lab.data import DatasetFormatError, DatasetNotFoundError
     from optlab.lab.report import write_report
     from optlab.lab.store import Store, StoreError
     from optlab.lab.study import run_study
+    from optlab.lab.studyfile import STUDY_TOML, compare_command
 
-    out = Path(args.out) if args.out else default_out(study)
-    jobs = 1 if session is not None else args.jobs if args.jobs is not None else default_jobs()
-    command = compare_command(study, out)
+    if args.out:
+        out = Path(args.out)
+    else:
+        out = default_out(study, source[0].stem if source else None)
+    jobs = 1 if session is not None else args.jobs if args.jobs is not None else default_jobs(study)
+    if source is not None:
+        command = f"optlab run {shlex.quote(str(out / STUDY_TOML))} --out {shlex.quote(str(out))}"
+    else:
+        command = compare_command(study, out) or (
+            f"optlab run {shlex.quote(str(out / STUDY_TOML))} --out {shlex.quote(str(out))}"
+        )
     try:
         Store.open(out)  # a foreign or damaged directory fails here, before any banner
     except StoreError as error:
         raise CommandLineError(str(error)) from None
-    count = len(study.optimizers)
-    print(
-        f"optlab compare: {study.task}, {count} optimizer{'s' if count > 1 else ''} x "
-        f"{len(study.seeds)} seed{'s' if len(study.seeds) > 1 else ''}"
-        + (f", lr tuned by {study.tuner}" if study.tune else "")
-        + f", {jobs} worker{'s' if jobs > 1 else ''}"
-        + (f", DDP over {session.world_size} processes" if session is not None else "")
-        + f" -> {out}",
-        file=sys.stderr,
-    )
+    print(f"optlab {args.command}: {_banner(study, jobs, session, out)}", file=sys.stderr)
     progress = _Progress(enabled=sys.stderr.isatty() and not args.quiet)
     try:
         run_study(
@@ -375,6 +285,7 @@ def _run_compare(args: argparse.Namespace, study: Any, session: Any) -> int:
             progress=progress,
             command=command,
             trainer=session.train if session is not None else None,
+            study_file=source[1] if source is not None else None,
         )
     except StoreError as error:
         raise CommandLineError(str(error)) from None
@@ -383,8 +294,8 @@ def _run_compare(args: argparse.Namespace, study: Any, session: Any) -> int:
     except KeyboardInterrupt:
         progress.close()
         print(
-            f"optlab compare: interrupted; finished runs are kept in {out}: run the same "
-            "command to resume",
+            f"optlab {args.command}: interrupted; finished runs are kept in {out}: run the "
+            "same command to resume",
             file=sys.stderr,
         )
         return 130
@@ -416,10 +327,12 @@ def run_report(args: argparse.Namespace) -> int:
 def run_tasks(args: argparse.Namespace) -> int:
     from optlab.lab.tasks import get_task, list_tasks
 
-    rows = [["task", "metric", "epochs", "batch", "target", "data", "tuned on", "description"]]
+    header = ["task", "metric", "epochs", "batch", "target", "data", "tuned on", "default run"]
+    rows = [[*header, "description"]]
     for name in list_tasks():
         task = get_task(name)
         direction = "higher better" if task.higher_is_better else "lower better"
+        seconds = getattr(task, "default_seconds", None)
         rows.append(
             [
                 name,
@@ -429,6 +342,7 @@ def run_tasks(args: argparse.Namespace) -> int:
                 f"{task.target:g}",
                 "--data-dir" if task.needs_data_dir else "built in",
                 "validation split" if task.validation == "held-out" else "training objective",
+                f"{seconds:.0f} s" if seconds else "-",
                 task.description,
             ]
         )
@@ -436,45 +350,21 @@ def run_tasks(args: argparse.Namespace) -> int:
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         print("  ".join([*cells, row[-1]]))
+    print(
+        "\ndefault run: one run at the task's defaults, Adam at its default lr, on one thread "
+        "of a 2-core machine (measured; '-' where not measured)"
+    )
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    formatter = argparse.RawDescriptionHelpFormatter
-    tasks = subparsers.add_parser(
-        "tasks",
-        help="list the tasks the lab can train",
-        description=(
-            "List the lab's tasks: metric, default epochs and batch size, target, data, and\n"
-            "what --tune lr selects on (a held-out validation split, or the training\n"
-            "objective for tasks that hold no data out)."
-        ),
-        epilog="example:\n  optlab tasks",
-        formatter_class=formatter,
-    )
-    tasks.set_defaults(func=run_tasks)
-
-    compare = subparsers.add_parser(
-        "compare",
-        help="compare optimizers on a task (tables, plots, report)",
-        description=(
-            "Train every optimizer on a task over several seeds (optionally tuning the\n"
-            "learning rate first), store every run as it finishes, then print a summary\n"
-            "table and write summary.csv, plots and report.md into the results directory.\n"
-            "Without arguments: the default study (digits-mlp, the twelve core optimizers\n"
-            "with their defaults, 3 seeds)."
-        ),
-        epilog=COMPARE_EXAMPLE,
-        formatter_class=formatter,
-    )
-    add_study_arguments(compare)
-    execution = compare.add_argument_group("execution")
+def _add_execution_arguments(parser: argparse.ArgumentParser) -> None:
+    execution = parser.add_argument_group("execution")
     execution.add_argument(
         "--jobs",
         type=_positive_int,
         metavar="N",
-        help=f"worker processes, one torch thread each (default {default_jobs()}); "
-        "results do not depend on it",
+        help="worker processes, one torch thread each (default: 2 for studies of more than "
+        "48 runs on a machine with 2+ cores, else 1); results do not depend on it",
     )
     execution.add_argument(
         "--nproc",
@@ -487,14 +377,63 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     execution.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bar (never shown off a terminal)"
     )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    formatter = argparse.RawDescriptionHelpFormatter
+    tasks = subparsers.add_parser(
+        "tasks",
+        help="list the tasks the lab can train",
+        description=(
+            "List the lab's tasks: metric, default epochs and batch size, target, data,\n"
+            "what tuning selects on (a held-out validation split, or the training\n"
+            "objective for tasks that hold no data out) and the measured time of a default run."
+        ),
+        epilog="example:\n  optlab tasks",
+        formatter_class=formatter,
+    )
+    tasks.set_defaults(func=run_tasks)
+
+    compare = subparsers.add_parser(
+        "compare",
+        help="compare optimizers on tasks (tables, statistics, plots, report)",
+        description=(
+            "Train every arm (an optimizer with its hyper-parameters) on every task over\n"
+            "several seeds, tuning first (by default the learning rate, per arm and task,\n"
+            "on the validation data), store every run as it finishes, then print the tables\n"
+            "(mean with 95 % confidence interval, arms indistinguishable from the best\n"
+            "marked) and write summary.csv, plots and report.md into the results directory.\n"
+            "Without arguments: the default study (digits-mlp, the twelve core optimizers,\n"
+            "lr tuned on a decade grid, 3 seeds)."
+        ),
+        epilog=COMPARE_EXAMPLE,
+        formatter_class=formatter,
+    )
+    add_study_arguments(compare)
+    _add_execution_arguments(compare)
     compare.set_defaults(func=run_compare)
+
+    run = subparsers.add_parser(
+        "run",
+        help="run a study file (TOML): the same fields as optlab compare's flags",
+        description=(
+            "Run the study a TOML file describes (the fields of optlab compare, spelled as\n"
+            "keys; see optlab.lab.studyfile for the format). The results directory keeps\n"
+            "the file as study.toml, and its report's command runs it again."
+        ),
+        epilog=RUN_EXAMPLE,
+        formatter_class=formatter,
+    )
+    run.add_argument("file", metavar="FILE", help="the study file (.toml)")
+    _add_execution_arguments(run)
+    run.set_defaults(func=run_file)
 
     report = subparsers.add_parser(
         "report",
         help="redraw tables, plots and report.md from a results directory",
         description=(
             "Rewrite summary.csv, the plots and report.md of a results directory from its\n"
-            "stored run records, without training, and print the summary table."
+            "stored run records, without training, and print the summary tables."
         ),
         epilog="example:\n  optlab report results/demo",
         formatter_class=formatter,

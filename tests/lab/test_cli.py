@@ -38,10 +38,17 @@ def one_line_error(capsys) -> str:
         (["compare", "--optimizers", "adam,sgd", "--set", "betas=(0.9,0.99)"], "'sgd'"),
         (["compare", "--set", "eps"], "expects name=value"),
         (["compare", "--set", "eps=tiny"], "must be a Python literal"),
-        (["compare", "--tune", "lr", "--lr", "0.1"], "exclude each other"),
-        (["compare", "--tune", "momentum"], "invalid choice: 'momentum'"),
+        (["compare", "--tune", "lr", "--lr", "0.1"], "lr is both fixed (lr=0.1) and tuned"),
+        (["compare", "--tune", "momentum"], "tune momentum needs a range"),
+        (["compare", "--tune", "lr=1..0.1"], "the range must have low < high"),
         (["compare", "--schedule", "sometimes"], "invalid choice: 'sometimes'"),
-        (["compare", "--lr-grid", "1e-3,1e-2"], "--lr-grid needs --tune lr"),
+        (["compare", "--lr-grid", "1e-3,1e-2", "--tune", "lr"], "exclude each other"),
+        (["compare", "--task", "digits-mlp", "--suite", "small"], "exclude each other"),
+        (["compare", "--suite", "tiny"], "unknown suite 'tiny'"),
+        (["compare", "--arm", "adam", "--arm", "adam"], "arm labels must be unique"),
+        (["compare", "--arm", "adam:eps~1e-4..1e-8"], "tune eps: the range must have low < high"),
+        (["compare", "--arm", "adam:epss=1e-8"], "has no hyper-parameter 'epss'"),
+        (["compare", "--task-option", "bogus=1"], "has no option 'bogus'"),
         (["compare", "--task", "mnist-cnn", "--optimizers", "adam"], "--data-dir"),
         (["compare", "--bogus"], "unrecognized arguments: --bogus"),
         (
@@ -49,8 +56,8 @@ def one_line_error(capsys) -> str:
             "batch_size must be at most 1000 (the training examples of task quadratic-deep",
         ),
         (
-            ["compare", "--optimizers", "adam", "--tune", "lr", "--lr-grid", "1e-3,-0.1"],
-            "lr_grid must hold finite learning rates > 0, got [-0.1, 0.001]",
+            ["compare", "--optimizers", "adam", "--lr-grid", "1e-3,-0.1"],
+            "adam: lr must be a finite number >= 0, got -0.1",
         ),
     ],
 )
@@ -96,11 +103,13 @@ def test_tasks_lists_every_task_with_metric_and_target(capsys):
     assert main(["tasks"]) == 0
     out = capsys.readouterr().out
     held_out = {"digits-mlp", "digits-cnn", "mnist-cnn", "cifar10-resnet"}
+    trained_on = {"diabetes-linreg", "cancer-logreg", "quadratic-deep"}
     for name in list_tasks():
         line = next(line for line in out.splitlines() if line.startswith(name + " "))
         assert get_task(name).metric in line and f"{get_task(name).target:g}" in line
-        tuned_on = "validation split" if name in held_out else "training objective"
-        assert tuned_on in line, line
+        if name in held_out | trained_on:
+            tuned_on = "validation split" if name in held_out else "training objective"
+            assert tuned_on in line, line
 
 
 def test_parse_set_reads_python_literals():
@@ -226,11 +235,15 @@ def test_default_study_is_digits_with_the_twelve_core_optimizers():
     from optlab.lab.study import default_study
 
     study = default_study()
-    assert study.task == "digits-mlp"
-    assert study.optimizers == tuple(
+    assert study.tasks == ("digits-mlp",)
+    assert [arm.optimizer for arm in study.arms] == (
         "sgd momentum nag adagrad adadelta rmsprop adam adamw amsgrad yogi eadam adabelief".split()
     )
-    assert len(study.seeds) >= 3 and study.hparams == {} and study.tune is None
+    assert [arm.label for arm in study.arms] == [arm.optimizer for arm in study.arms]
+    assert len(study.seeds) >= 3 and study.hparams == {}
+    # A fair default: the learning rate tuned per arm (a decade grid), nothing else.
+    ((dim,),) = {study.space(arm) for arm in study.arms}
+    assert dim.name == "lr" and dim.grid() == (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0)
 
 
 def test_missing_data_files_are_one_line_before_anything_is_written(tmp_path, capsys):

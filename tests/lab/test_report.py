@@ -162,8 +162,7 @@ def tuned_dir(tmp_path):
         ("adam", "sgd"),
         seeds=(0, 1, 2),
         epochs=3,
-        tune="lr",
-        lr_grid=(1e-3, 1e-2, 1e-1, 3.0),
+        tune="lr=1e-3,1e-2,1e-1,3.0",
     )
     run_study(study, tmp_path / "out", trainer=fake_trainer, command="optlab compare --fake")
     return tmp_path / "out"

@@ -15,12 +15,25 @@ from optlab.lab.runs import RunResult, RunSpec
 from optlab.lab.store import Store
 from optlab.lab.study import (
     DEFAULT_LR_GRID,
+    Dim,
     StudySpec,
     resolve_study,
     run_study,
     select_best,
     validate_study,
 )
+
+
+def lr_grid(*values: float) -> tuple[Dim, ...]:
+    """``tune``: the learning rate on an explicit grid (``--tune lr=X,Y,...``)."""
+    return (Dim("lr", values=values),)
+
+
+def parts(outcome):
+    """The arms' outcomes of a one-task study."""
+    (task,) = outcome.tasks
+    return task.arms
+
 
 # ----------------------------------------------------------------- fakes
 
@@ -107,12 +120,13 @@ def test_study_expands_optimizers_seeds_and_lr_grid_into_run_specs():
         hparams={"weight_decay": 1e-4},
         seeds=(0, 1, 2),
         epochs=3,
-        lr_grid=(1e-2, 1e-3),
+        tune=lr_grid(1e-2, 1e-3),
     )
-    finals = study.final_specs("adam", {"lr": 0.5})
+    adam, sgd = study.arms
+    finals = study.final_specs("digits-mlp", adam, {"lr": 0.5})
     assert [s.seed for s in finals] == [0, 1, 2]
     assert all(s.epochs == 3 and s.task == "digits-mlp" for s in finals)
-    grid = study.grid_specs("sgd")
+    grid = study.grid_specs("digits-mlp", sgd)
     assert [s.hparams["lr"] for s in grid] == [1e-3, 1e-2]  # smallest first
     assert all(s.seed == 0 and s.hparams["weight_decay"] == 1e-4 for s in grid)
     assert DEFAULT_LR_GRID[0] == pytest.approx(1e-4) and DEFAULT_LR_GRID[-1] == pytest.approx(10)
@@ -129,28 +143,43 @@ def test_study_spec_round_trips_through_its_dict():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"task": "nope"}, "unknown task 'nope'"),
-        ({"optimizers": ("adam", "nope")}, "unknown optimizer 'nope'"),
-        ({"optimizers": ("adam", "ADAM")}, "must not repeat"),
+        ({"tasks": "nope"}, "unknown task 'nope'"),
+        ({"tasks": ("digits-mlp", "digits-mlp")}, "tasks must not repeat"),
+        ({"arms": ("adam", "nope")}, "unknown optimizer 'nope'"),
+        ({"arms": ("adam", "ADAM")}, "arm labels must be unique"),
         ({"seeds": (0, -1)}, "seeds must be integers >= 0, got -1"),
         ({"seeds": ()}, "at least one seed"),
         ({"epochs": 0}, "epochs must be an integer >= 1, got 0"),
-        ({"hparams": {"betas": (0.9, 0.99)}, "optimizers": ("adam", "sgd")}, "sgd"),
+        ({"hparams": {"betas": (0.9, 0.99)}, "arms": ("adam", "sgd")}, "sgd"),
         ({"hparams": {"lr": -1.0}}, "adam: lr must be a finite number >= 0, got -1.0"),
-        ({"tune": "lr", "lr_grid": (1e-3, -0.1)}, "lr_grid must hold finite learning rates > 0"),
+        ({"tune": lr_grid(1e-3, -0.1)}, "adam: lr must be a finite number >= 0, got -0.1"),
         (
-            {"task": "quadratic-deep", "batch_size": 5000},
+            {"tasks": "quadratic-deep", "batch_size": 5000},
             "batch_size must be at most 1000 (the training examples of task quadratic-deep",
         ),
-        ({"task": "mnist-cnn"}, "task mnist-cnn reads its data from files: give data_dir"),
+        ({"tasks": "mnist-cnn"}, "task mnist-cnn reads its data from files: give data_dir"),
         ({"hparams": {"lr": 0.1}, "tune": "lr"}, "both fixed"),
+        ({"tune": "lr=1..1e-3:log"}, "tune lr: the range must have low < high"),
+        ({"tune": "lr=0..1:log"}, "a log range must be positive"),
+        ({"tune": "lr=1e-3..1:log:1"}, "a range needs >= 2 points"),
+        ({"tune": "momentum=0..0.9:linear"}, "no arm's optimizer has a hyper-parameter"),
+        ({"arms": ("adam", "adam")}, "arm labels must be unique"),
+        ({"arms": ("a=adam", "a=sgd")}, "arm labels must be unique, got 'a' twice"),
+        ({"arms": ("x=adam:epz=1e-8",)}, "arm x: optimizer 'adam' has no hyper-parameter 'epz'"),
+        ({"arms": ("x=adam:eps~1e-8..1e-4",), "tune": "eps=1e-9..1e-3"}, None),
+        ({"arms": ("x=adam:eps=1e-8,eps~1e-8..1e-4",)}, "eps is both fixed"),
+        ({"arms": ("x=nope",)}, "unknown optimizer 'nope'"),
         ({"schedule": "sometimes"}, "unknown schedule 'sometimes'"),
         ({"tuner": "random"}, "tuner must be one of grid, optuna"),
-        ({"tune": "lr", "tuner": "optuna", "lr_grid": (0.1,)}, "needs an lr range"),
+        ({"tune": lr_grid(0.1), "tuner": "optuna"}, "the optuna tuner needs a range for lr"),
     ],
 )
 def test_validate_study_rejects_bad_settings_with_one_clear_line(change, message):
-    base = {"task": "digits-mlp", "optimizers": ("adam",)}
+    base = {"tasks": "digits-mlp", "arms": ("adam",)}
+    if message is None:  # the arm's own range replaces the study's: valid
+        study = validate_study(StudySpec(**(base | change)))
+        assert study.space(study.arms[0]) == (Dim("eps", 1e-8, 1e-4),)
+        return
     with pytest.raises(ValueError) as info:
         validate_study(StudySpec(**(base | change)))
     assert message in str(info.value)
@@ -159,7 +188,7 @@ def test_validate_study_rejects_bad_settings_with_one_clear_line(change, message
 
 def test_validate_study_canonicalises_optimizer_names():
     study = validate_study(StudySpec("digits-mlp", ("Adam", "NAG")))
-    assert study.optimizers == ("adam", "nag")
+    assert [arm.optimizer for arm in study.arms] == ["adam", "nag"]
 
 
 # -------------------------------------------------------------- selecting
@@ -208,9 +237,13 @@ def test_grid_tuning_reruns_the_validation_winner_and_reports_its_test_metric(tm
         return result_for(spec, valid, test=test)
 
     study = StudySpec(
-        "digits-mlp", ("adam",), seeds=(0, 1), epochs=2, tune="lr", lr_grid=(1e-3, 1e-2, 1e-1)
+        "digits-mlp",
+        ("adam",),
+        seeds=(0, 1),
+        epochs=2,
+        tune=lr_grid(1e-3, 1e-2, 1e-1),
     )
-    (part,) = run_study(study, tmp_path / "out", trainer=trainer).optimizers
+    (part,) = parts(run_study(study, tmp_path / "out", trainer=trainer))
     assert part.hparams == {"lr": 1e-2}
     assert [run.final["metric"] for run in part.runs] == pytest.approx([0.8, 0.81])
 
@@ -225,12 +258,10 @@ def test_select_best_breaks_ties_towards_the_smaller_learning_rate():
 
 def test_grid_tuning_picks_the_best_lr_and_reruns_it_with_every_seed(tmp_path):
     grid = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
-    study = StudySpec(
-        "digits-mlp", ("adam", "sgd"), seeds=(0, 1, 2), epochs=2, tune="lr", lr_grid=grid
-    )
+    study = StudySpec("digits-mlp", ("adam", "sgd"), seeds=(0, 1, 2), epochs=2, tune=lr_grid(*grid))
     trainer = CountingTrainer()
     outcome = run_study(study, tmp_path / "out", trainer=trainer)
-    for part in outcome.optimizers:
+    for part in parts(outcome):
         assert part.hparams == {"lr": 1e-2}
         assert [run.spec.seed for run in part.runs] == [0, 1, 2]
         assert {run.spec.hparams["lr"] for run in part.runs} == {1e-2}
@@ -243,18 +274,22 @@ def test_grid_tuning_picks_the_best_lr_and_reruns_it_with_every_seed(tmp_path):
 
 
 def test_every_lr_diverging_leaves_the_optimizer_without_final_runs(tmp_path):
-    study = StudySpec("digits-mlp", ("adam",), epochs=2, tune="lr", lr_grid=(2.0, 5.0))
+    study = StudySpec("digits-mlp", ("adam",), epochs=2, tune=lr_grid(2.0, 5.0))
     outcome = run_study(study, tmp_path / "out", trainer=CountingTrainer())
-    (part,) = outcome.optimizers
+    (part,) = parts(outcome)
     assert part.hparams is None and part.runs == []
-    assert "diverged at every learning rate" in part.note
+    assert "diverged at every point tried" in part.note
 
 
 def test_study_interrupted_by_an_error_keeps_finished_runs_and_resumes_to_the_same_result(
     tmp_path,
 ):
     study = StudySpec(
-        "digits-mlp", ("adam", "sgd"), seeds=(0, 1), epochs=2, tune="lr", lr_grid=(1e-3, 1e-2)
+        "digits-mlp",
+        ("adam", "sgd"),
+        seeds=(0, 1),
+        epochs=2,
+        tune=lr_grid(1e-3, 1e-2),
     )
     reference = CountingTrainer()
     run_study(study, tmp_path / "whole", trainer=reference)
@@ -280,7 +315,7 @@ def test_resolve_study_reports_missing_runs_without_training(tmp_path):
         run_study(study, tmp_path / "out", trainer=CountingTrainer(fail_after=1))
     outcome = resolve_study(study, Store.open_existing(tmp_path / "out"))
     assert not outcome.complete
-    assert outcome.optimizers[0].missing == 2 and len(outcome.optimizers[0].runs) == 1
+    assert parts(outcome)[0].missing == 2 and len(parts(outcome)[0].runs) == 1
 
 
 def test_optuna_tuning_is_deterministic_resumable_and_kept_in_the_results_directory(tmp_path):
@@ -290,15 +325,14 @@ def test_optuna_tuning_is_deterministic_resumable_and_kept_in_the_results_direct
         ("adam",),
         seeds=(0, 1),
         epochs=2,
-        tune="lr",
+        tune="lr=1e-4..10:log",
         tuner="optuna",
         trials=6,
-        lr_grid=(1e-4, 10.0),
     )
     whole = CountingTrainer()
     outcome = run_study(study, tmp_path / "whole", trainer=whole)
     assert (tmp_path / "whole" / "optuna.sqlite3").is_file()
-    (part,) = outcome.optimizers
+    (part,) = parts(outcome)
     lrs = [run.spec.hparams["lr"] for run in part.tuning]
     assert len(lrs) == 6 and all(1e-4 <= lr <= 10.0 for lr in lrs)
     best = select_best(part.tuning)
@@ -336,7 +370,7 @@ def test_killed_study_loses_no_finished_run_and_resumes_to_the_uninterrupted_res
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "optlab.cli", "compare", "--task", "digits-mlp"]
     command += ["--optimizers", "adam,sgd,adagrad", "--seeds", "2", "--epochs", "2"]
-    command += ["--jobs", "1", "--out", str(out)]
+    command += ["--tune", "none", "--jobs", "1", "--out", str(out)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     try:
@@ -370,10 +404,14 @@ class CountingReal:
 def test_real_grid_study_picks_the_learning_rate_that_trains(tmp_path):
     # SGD on digits in 2 epochs: 1e-4 barely moves, 100 blows up, 0.1 learns (known answer).
     study = StudySpec(
-        "digits-mlp", ("sgd",), seeds=(0, 1), epochs=2, tune="lr", lr_grid=(1e-4, 0.1, 100.0)
+        "digits-mlp",
+        ("sgd",),
+        seeds=(0, 1),
+        epochs=2,
+        tune=lr_grid(1e-4, 0.1, 100.0),
     )
     outcome = run_study(study, tmp_path / "out", jobs=1)
-    (part,) = outcome.optimizers
+    (part,) = parts(outcome)
     assert part.hparams == {"lr": 0.1}
     assert len(part.runs) == 2 and all(run.final["metric"] > 0.5 for run in part.runs)
     assert len(Store.open_existing(tmp_path / "out")) == 4

@@ -7,9 +7,13 @@
   validation metric, ``valid_metric``) of every tuning run against its
   learning rate (log scale), the chosen point starred and diverged runs
   marked with an ``x`` on the axis edge.
+- :func:`plot_profiles`: performance profiles (Dolan & Moré 2002) of the
+  arms across a suite's tasks, on the final metric and on time to target.
 
 Every optimizer keeps its colour and line style across plots
-(:func:`optimizer_style`); AdaBelief is drawn thick and black.
+(:func:`optimizer_style`); AdaBelief is drawn thick and black. A study's arms
+take their styles from :func:`arm_styles`: 20 distinct colour and line-style
+pairs in the study's arm order, the same in every figure of the study.
 """
 
 from __future__ import annotations
@@ -24,7 +28,15 @@ import numpy as np
 from optlab.lab.runs import RunResult
 from optlab.lab.store import finite
 
-__all__ = ["curve_band", "optimizer_color", "optimizer_style", "plot_curves", "plot_lr_sensitivity"]
+__all__ = [
+    "arm_styles",
+    "curve_band",
+    "optimizer_color",
+    "optimizer_style",
+    "plot_curves",
+    "plot_lr_sensitivity",
+    "plot_profiles",
+]
 
 
 def _pyplot() -> Any:
@@ -50,6 +62,38 @@ def optimizer_style(name: str) -> dict[str, Any]:
     color = matplotlib.colormaps["tab10"](index % 10)
     linestyle = "-" if index < 10 else "--"
     return {"color": color, "linestyle": linestyle, "linewidth": 1.5, "zorder": 3}
+
+
+_LINESTYLES = ("-", "--", ":", "-.")
+
+
+def arm_styles(labels: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """One style per arm, fixed by its position in ``labels`` (the study's arm order).
+
+    An arm labelled ``adabelief`` is thick and black; the others take tab10 colours
+    (black never) with a solid line for the first ten, dashed for the next ten, then
+    dotted and dash-dotted: up to 40 arms are told apart, 20 by colour and line
+    style with markers-free lines. When every label is a registry optimizer name,
+    each keeps its :func:`optimizer_style`, so a plain comparison looks as before.
+    """
+    import matplotlib
+
+    from optlab.optim.registry import list_optimizers
+
+    known = set(list_optimizers())
+    if all(label in known for label in labels):
+        return {label: optimizer_style(label) for label in labels}
+    styles: dict[str, dict[str, Any]] = {}
+    index = 0
+    for label in labels:
+        if label == "adabelief":
+            styles[label] = optimizer_style("adabelief")
+            continue
+        color = matplotlib.colormaps["tab10"](index % 10)
+        linestyle = _LINESTYLES[(index // 10) % len(_LINESTYLES)]
+        styles[label] = {"color": color, "linestyle": linestyle, "linewidth": 1.6, "zorder": 3}
+        index += 1
+    return styles
 
 
 def optimizer_color(name: str) -> Any:
@@ -99,6 +143,7 @@ def plot_curves(
     title: str,
     metric: str,
     log_metric: bool = False,
+    styles: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """Draw train loss, test loss and ``metric`` against epochs into ``path``.
 
@@ -108,8 +153,11 @@ def plot_curves(
         title: figure title.
         metric: the name of the task's test metric, for the axis label.
         log_metric: log scale for the metric (a gap to the optimum, a loss).
+        styles: label -> line style (:func:`arm_styles`); by default each name's
+            :func:`optimizer_style`.
     """
     plt = _pyplot()
+    styles = styles or {}
     panels = (("train_loss", "train loss", False), ("test_loss", "test loss", False))
     panels += (("metric", f"test {metric}", log_metric),)
     figure, axes = plt.subplots(1, 3, figsize=(16, 4.8), layout="constrained")
@@ -121,7 +169,7 @@ def plot_curves(
                 bands.append((name, len(runs), epochs, mean, std))
         log = _log_ok([band[3] for band in bands], forced=log_scale)
         for name, count, epochs, mean, std in bands:
-            style = optimizer_style(name)
+            style = styles.get(name) or optimizer_style(name)
             color = style["color"]
             axis.plot(epochs, mean, label=name, **style)
             if count > 1:
@@ -150,6 +198,7 @@ def plot_lr_sensitivity(
     higher_is_better: bool,
     log_metric: bool = False,
     column: str = "valid_metric",
+    styles: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """The final value of ``column`` (what tuning selected on) against learning rate for
     every tuning run.
@@ -162,8 +211,10 @@ def plot_lr_sensitivity(
         higher_is_better: where diverged runs are drawn (the bad edge of the axis).
         log_metric: log scale for the metric.
         column: the history column plotted (default the selection metric).
+        styles: label -> line style (:func:`arm_styles`).
     """
     plt = _pyplot()
+    styles = styles or {}
     figure, axis = plt.subplots(figsize=(9, 5.4), layout="constrained")
     finite_values: list[float] = []
     diverged: list[tuple[str, float]] = []
@@ -173,7 +224,7 @@ def plot_lr_sensitivity(
         )
         if not points:
             continue
-        style = optimizer_style(name)
+        style = styles.get(name) or optimizer_style(name)
         color = style["color"]
         lrs, values = [], []
         for lr, run in points:
@@ -201,7 +252,8 @@ def plot_lr_sensitivity(
         low, high = min(finite_values), max(finite_values)
         edge = low if higher_is_better else high
         for name, lr in diverged:
-            axis.plot([lr], [edge], marker="x", markersize=8, color=optimizer_color(name))
+            color = (styles.get(name) or optimizer_style(name))["color"]
+            axis.plot([lr], [edge], marker="x", markersize=8, color=color)
         axis.plot([], [], marker="x", color="gray", linestyle="none", label="diverged")
     axis.plot(
         [],
@@ -219,6 +271,47 @@ def plot_lr_sensitivity(
     axis.grid(True, which="major", alpha=0.3)
     axis.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     axis.set_title(f"{title}: learning-rate sensitivity (one seed per point)")
+    return _save(figure, path)
+
+
+def plot_profiles(
+    panels: Sequence[tuple[str, dict[str, dict[str, float]]]],
+    path: str | Path,
+    *,
+    title: str,
+    styles: dict[str, dict[str, Any]],
+    r_max: float = 4.0,
+) -> Path:
+    """Performance profiles: per panel ``(caption, ratios[task][arm])``, the fraction of
+    tasks on which each arm is within a factor tau of the best, tau on a log axis from 1
+    to beyond the largest finite ratio (at least ``r_max``, marked)."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(7 * len(panels), 4.8), layout="constrained"
+    )
+    axes = np.atleast_1d(axes)
+    for axis, (caption, ratios) in zip(axes, panels, strict=True):
+        tasks = list(ratios)
+        finite_ratios = [r for t in tasks for r in ratios[t].values() if math.isfinite(r)]
+        top = max([r_max, *finite_ratios]) * 1.25
+        for label, style in styles.items():
+            values = sorted(ratios[t].get(label, math.inf) for t in tasks)
+            steps = [r for r in values if math.isfinite(r)]
+            taus = [1.0, *steps, top]
+            fractions = [sum(r <= tau for r in values) / len(tasks) for tau in taus]
+            axis.step(taus, fractions, where="post", label=label, **style)
+        axis.axvline(r_max, color="gray", linewidth=0.8, linestyle=":")
+        axis.set_xscale("log")
+        axis.set_xlim(1.0, top)
+        axis.set_ylim(-0.02, 1.02)
+        axis.set_xlabel("tau: within this factor of the best arm's cost (log scale)")
+        axis.set_ylabel(f"fraction of the {len(tasks)} tasks")
+        axis.set_title(caption)
+        axis.grid(True, which="major", alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="outside right center", frameon=False)
+    figure.suptitle(f"{title}: performance profiles (Dolan & Moré 2002)")
     return _save(figure, path)
 
 

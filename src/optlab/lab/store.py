@@ -5,6 +5,7 @@ Layout of a results directory::
     DIR/
       optlab-results.json    manifest: {"format": "optlab-results", "version": 1, ...}
       study.json             the study that last ran here (spec, command, machine)
+      study.toml             the same study as a study file (``optlab run DIR/study.toml``)
       runs/<key>.json        one finished run: {"key": ..., "result": RunResult.to_dict()}
       optuna.sqlite3         Optuna's study (``--tuner optuna`` only)
       summary.csv, report.md, plots/*.png    written by :mod:`optlab.lab.report`
@@ -276,6 +277,12 @@ class Store:
 
     def write_study(self, data: Mapping[str, Any]) -> None:
         atomic_write_text(self.root / STUDY_NAME, _dumps(dict(data)))
+
+    def write_text(self, name: str, text: str) -> Path:
+        """Write a file of the study (e.g. ``study.toml``) atomically into the directory."""
+        path = self.root / name
+        atomic_write_text(path, text)
+        return path
 
     def study_file_remedy(self) -> str:
         """What to do about a damaged ``study.json``, for the command at hand."""
