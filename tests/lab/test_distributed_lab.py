@@ -190,6 +190,7 @@ def test_compare_refuses_jobs_with_nproc(capsys):
 # --------------------------------------------------------------------------
 
 STUDY = ["--task", "cancer-logreg", "--optimizers", "adam,adabelief", "--seeds", "1"]
+STUDY += ["--tune", "none"]
 STUDY += ["--epochs", "2", "--batch-size", "25", "-q"]
 
 
@@ -235,6 +236,7 @@ def test_compare_under_torchrun_stores_the_one_process_results(tmp_path):
 # interrupt must land while run 2 trains: 60 epochs make that about 7 s on a
 # 2-core machine (12 epochs took 1.5 s, a window a loaded machine could miss).
 INTERRUPTED_STUDY = ["--task", "digits-mlp", "--optimizers", "adam,sgd", "--seeds", "1"]
+INTERRUPTED_STUDY += ["--tune", "none"]
 INTERRUPTED_STUDY += ["--epochs", "60", "-q", "--nproc", "2"]
 
 
@@ -286,7 +288,7 @@ def test_ctrl_c_under_nproc_is_one_line_and_exit_130_and_the_same_command_resume
         f"optlab compare: interrupted; finished runs are kept in {out}: run the same "
         "command to resume"
     ], stderr[-3000:]
-    assert lines[0].startswith("optlab compare: digits-mlp")
+    assert lines[0].startswith("optlab compare: 1 task x 2 arms x 1 seed")
     assert sorted(path.name for path in (out / "runs").glob("*.json")) == sorted(first)
 
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
