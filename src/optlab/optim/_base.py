@@ -23,6 +23,7 @@ group, ``_init_state`` and ``_update_group``; see :mod:`optlab.optim.adam`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import numbers
@@ -30,6 +31,7 @@ import operator
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import chain, repeat
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
@@ -41,6 +43,9 @@ from . import _fused
 
 __all__ = [
     "OptlabOptimizer",
+    "ValueAndIndexError",
+    "ValueAndRuntimeError",
+    "ValueAndTypeError",
     "as_real",
     "check_betas",
     "check_bool",
@@ -56,18 +61,37 @@ __all__ = [
 # Validation: one message format for every optimizer.
 # --------------------------------------------------------------------------
 
+# Every optlab refusal of a bad argument is a ValueError. Where torch.optim
+# 2.13 raises another type for the same input (a TypeError for a string lr,
+# an IndexError for a one-element betas, a RuntimeError for foreach=True with
+# fused=True), the error is that type as well, so ``except`` clauses written
+# for torch.optim catch it.
+
+
+class ValueAndTypeError(ValueError, TypeError):
+    """An argument of the wrong type (torch.optim raises ``TypeError`` for it)."""
+
+
+class ValueAndIndexError(ValueError, IndexError):
+    """A sequence argument with too few entries (torch.optim raises ``IndexError``)."""
+
+
+class ValueAndRuntimeError(ValueError, RuntimeError):
+    """Options that cannot be combined, or a tensor option of the wrong size
+    (torch.optim raises ``RuntimeError``)."""
+
 
 def _as_number(name: str, value: Any) -> float:
     """Return ``value`` as a float, or raise naming what was given."""
     if isinstance(value, Tensor):
         if value.numel() != 1:
-            raise ValueError(
+            raise ValueAndRuntimeError(
                 f"{name} must be a number or a 1-element tensor, got a tensor of shape "
                 f"{tuple(value.shape)}"
             )
         return float(value.detach().cpu().item())
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+        raise ValueAndTypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
     return float(value)
 
 
@@ -98,8 +122,11 @@ def check_interval(
 
 def check_betas(betas: Any, name: str = "betas") -> None:
     """Raise unless ``betas`` is a pair with each entry in [0, 1)."""
-    if not isinstance(betas, Sequence) or isinstance(betas, str) or len(betas) != 2:
-        raise ValueError(f"{name} must be a pair (beta1, beta2), got {betas!r}")
+    if not isinstance(betas, Sequence) or isinstance(betas, str):
+        raise ValueAndTypeError(f"{name} must be a pair (beta1, beta2), got {betas!r}")
+    if len(betas) != 2:
+        short = ValueAndIndexError if len(betas) < 2 else ValueError
+        raise short(f"{name} must be a pair (beta1, beta2), got {betas!r}")
     for index, beta in enumerate(betas):
         check_interval(f"{name}[{index}]", beta, 0.0, 1.0)
 
@@ -200,6 +227,22 @@ def _other_optimizers_hparams() -> frozenset[str]:
     return frozenset(names - {"capturable", "differentiable"})
 
 
+#: What the torch.optim options optlab takes only switched off would do.
+_UNSUPPORTED = {
+    "capturable": "capturable=True keeps the step on the device for CUDA-graph capture",
+    "differentiable": "differentiable=True lets autograd run through the step",
+}
+
+#: The state every parameter of a group that keeps none is given during a step:
+#: read-only, so a rule that wrote into it would fail instead of storing nothing.
+_NO_STATE: Mapping[str, Any] = MappingProxyType({})
+
+
+def _on_cpu_plain(param: Tensor) -> bool:
+    return type(param) in _fused._PLAIN_TYPES and param.is_cpu
+
+
+_is_meta = operator.attrgetter("is_meta")
 _grad_of = operator.attrgetter("grad")
 _dtype_of = operator.attrgetter("dtype")
 _is_sparse = operator.attrgetter("is_sparse")
@@ -232,6 +275,10 @@ class OptlabOptimizer(Optimizer):
     implementations: ClassVar[tuple[str, ...]] = ("fused", "foreach", "loop")
     #: Set by :meth:`step` for the group being updated: whether it has complex tensors.
     _complex_group: bool = False
+    #: torch.optim arguments this optimizer takes with their "off" value only
+    #: (``False``), so code and configs written for torch.optim that pass them
+    #: explicitly run unchanged; what each would switch on is in :data:`_UNSUPPORTED`.
+    torch_off_only: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         defaults.setdefault("maximize", False)
@@ -253,7 +300,8 @@ class OptlabOptimizer(Optimizer):
             _check_optional_bool("foreach", group["foreach"])
             _check_optional_bool("fused", group["fused"])
             if group["foreach"] and group["fused"]:
-                raise ValueError("foreach and fused cannot both be True; pick one")
+                raise ValueAndRuntimeError("foreach and fused cannot both be True; pick one")
+            self._check_unsupported(group)
             if group["fused"] and "fused" not in self.implementations:
                 raise ValueError(
                     f"fused=True is not available for {type(self).__name__}; "
@@ -263,7 +311,22 @@ class OptlabOptimizer(Optimizer):
         except ValueError as error:
             if not where:
                 raise
-            raise ValueError(f"{where}: {error}") from None
+            raise type(error)(f"{where}: {error}") from None  # the same type, torch's too
+
+    def _check_unsupported(self, group: Mapping[str, Any]) -> None:
+        for name in self.torch_off_only:
+            value = group.get(name, False)
+            if value is None or (isinstance(value, numbers.Number) and not value):
+                continue
+            # torch.optim refuses fused with differentiable as a RuntimeError.
+            error = (
+                ValueAndRuntimeError if name == "differentiable" and group["fused"] else ValueError
+            )
+            raise error(
+                f"{name}={value!r} is not supported by optlab's {type(self).__name__} "
+                f"({_UNSUPPORTED[name]}); pass {name}=False (the default) or leave it out, "
+                f"or use torch.optim.{type(self).__name__} for it"
+            )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         candidate = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
@@ -296,6 +359,14 @@ class OptlabOptimizer(Optimizer):
     def _init_state(self, param: Tensor, group: Mapping[str, Any]) -> dict[str, Any]:
         """The state of ``param`` before its first step (without ``step``)."""
         raise NotImplementedError
+
+    def _keeps_state(self, group: Mapping[str, Any]) -> bool:
+        """Whether a step under ``group``'s options stores any state (plain SGD stores none).
+
+        Where it stores none, the step leaves ``self.state`` as it is, so
+        ``state_dict()["state"]`` stays ``{}`` as torch.optim's does.
+        """
+        return True
 
     def _required_state_keys(self, group: Mapping[str, Any]) -> set[str]:
         """Keys a non-empty state must hold under ``group``'s options."""
@@ -411,6 +482,35 @@ class OptlabOptimizer(Optimizer):
         """
         return True
 
+    @property
+    def _step_supports_amp_scaling(self) -> bool:
+        """Whether ``torch.amp.GradScaler`` hands this optimizer its scale instead of unscaling.
+
+        torch.optim's fused optimizers say so: ``GradScaler.step`` then only
+        looks for inf/NaN gradients (without the unscaling pass, and with
+        fp16 gradients allowed), sets ``grad_scale`` and ``found_inf`` on the
+        optimizer and calls :meth:`step`, whose kernels unscale and skip
+        (:func:`optlab.optim._fused.scaled_rule`). optlab says so where every
+        group is ``fused=True`` on plain CPU tensors. Not on CUDA: the step
+        counts live on the host (the bias corrections are computed there in
+        float64), so undoing a skipped step's count would read ``found_inf``
+        back from the device, the host sync this route exists to avoid.
+        """
+        return all(
+            group.get("fused") and all(map(_on_cpu_plain, group["params"]))
+            for group in self.param_groups
+        )
+
+    def _scaler_tensors(self) -> tuple[Tensor, Tensor] | None:
+        """``(grad_scale, found_inf)`` a GradScaler set for this step, if it set them."""
+        found_inf = self.__dict__.get("found_inf")
+        if found_inf is None or not self._step_supports_amp_scaling:
+            return None
+        grad_scale = self.__dict__.get("grad_scale")
+        if grad_scale is None:  # the user called scaler.unscale_(optimizer) already
+            grad_scale = torch.ones((), device=found_inf.device)
+        return grad_scale, found_inf
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the loss (torch contract)."""
@@ -418,7 +518,16 @@ class OptlabOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        scaler_tensors = self._scaler_tensors()
         for group_index, group in enumerate(self.param_groups):
+            if group.get("fused") and any(map(_is_meta, group["params"])):
+                # Before any state is made: as torch.optim's fused optimizers, which
+                # take meta parameters when built and refuse them here.
+                raise RuntimeError(
+                    f"{type(self).__name__}(fused=True) cannot step parameters on the meta "
+                    f"device (param group {group_index}); give them storage first, e.g. "
+                    "module.to_empty(device='cpu'), or use fused=False"
+                )
             params, grads, states = self._collect(group, group_index)
             if not params:
                 continue
@@ -428,6 +537,7 @@ class OptlabOptimizer(Optimizer):
             if self.fp32_for_low_precision and not dtypes.isdisjoint(_LOW_PRECISION):
                 low_precision = [i for i, p in enumerate(params) if p.dtype in _LOW_PRECISION]
             originals = [params[i] for i in low_precision]
+            original_grads = [grads[i] for i in low_precision]
             for i in low_precision:
                 params[i] = params[i].float()
                 grads[i] = grads[i].float()
@@ -437,8 +547,12 @@ class OptlabOptimizer(Optimizer):
                 real_params = [as_real(p) for p in params]
                 real_grads = [as_real(g) for g in grads]
             implementation = self._implementation(group, params)
+            scaling = contextlib.nullcontext()
+            if scaler_tensors is not None:
+                scaling = _fused.grad_scaling(*scaler_tensors)
             try:
-                self._update_group(group, real_params, real_grads, states, implementation)
+                with scaling:
+                    self._update_group(group, real_params, real_grads, states, implementation)
             # Raised before any tensor of this group changed; groups before it in this
             # step have been updated (a compiler failing for one dtype only).
             except _fused.FusedCompileError as error:
@@ -452,6 +566,11 @@ class OptlabOptimizer(Optimizer):
                 self._update_group(group, real_params, real_grads, states, implementation)
             for i, original in zip(low_precision, originals, strict=True):
                 original.copy_(params[i])
+            if scaler_tensors is not None:
+                for i, original in zip(low_precision, original_grads, strict=True):
+                    original.copy_(grads[i])  # unscaled by the kernel, as torch's
+                if self.counts_steps:  # a skipped step does not count
+                    self._count_step(group, states, -scaler_tensors[1])
         return loss
 
     def _collect(
@@ -474,6 +593,8 @@ class OptlabOptimizer(Optimizer):
                 f"(parameter {param_index} of param group {group_index}); use dense "
                 "gradients (e.g. nn.Embedding(sparse=False)) or torch.optim.SparseAdam"
             )
+        if not self._keeps_state(group):  # no new entries (states made earlier stay)
+            return params, grads, list(map(self.state.get, params, repeat(_NO_STATE)))
         states = list(map(self.state.__getitem__, params))  # a defaultdict: new states made
         required = self._group_state_keys(group)
         complete = all(map(operator.ge, map(dict.keys, states), repeat(required)))
@@ -493,8 +614,10 @@ class OptlabOptimizer(Optimizer):
             self._count_step(group, states)
         return params, grads, states
 
-    def _count_step(self, group: Mapping[str, Any], states: list[dict[str, Any]]) -> None:
-        """Add 1 to every ``state["step"]`` of this step's parameters.
+    def _count_step(
+        self, group: Mapping[str, Any], states: list[dict[str, Any]], by: float | Tensor = 1.0
+    ) -> None:
+        """Add ``by`` (1) to every ``state["step"]`` of this step's parameters.
 
         Incrementing 500 separate 0-dim tensors costs ~0.8 ms on a small CPU,
         more than a fused step's kernels. So a group's step tensors are made
@@ -512,16 +635,19 @@ class OptlabOptimizer(Optimizer):
             and len(known[1]) == len(steps)
             and all(map(operator.is_, known[1], steps))
         ):
-            known[0].add_(1.0)
+            known[0].add_(by)
             return
         if len(steps) < _SHARED_STEPS_MIN or not all(
             type(step) is Tensor and step.dtype == torch.float32 and step.is_cpu
             and step.dim() == 0 for step in steps
         ):  # fmt: skip
-            torch._foreach_add_(steps, 1.0)
+            if isinstance(by, Tensor):
+                torch._foreach_add_(steps, [by] * len(steps))
+            else:
+                torch._foreach_add_(steps, by)
             counters.pop(id(group), None)
             return
-        vector = torch.stack(steps).add_(1.0)
+        vector = torch.stack(steps).add_(by)
         views = list(vector.unbind())
         for state, view in zip(states, views, strict=True):
             state["step"] = view
@@ -531,8 +657,20 @@ class OptlabOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        # Options a loaded group lacks (an older checkpoint) take the defaults, as
+        # torch.optim fills them, except: ``differentiable``, which torch's
+        # ``Optimizer.__setstate__`` adds to every optimizer's defaults (only those
+        # that take it get it), and ``foreach`` / ``fused``, whose absence means
+        # None (pick) and which torch.optim.Adadelta / RMSprop checkpoints lack;
+        # so saving again gives back the groups that were loaded.
+        options = [
+            (key, value)
+            for key, value in self.defaults.items()
+            if key not in ("foreach", "fused")
+            and (key != "differentiable" or key in self.torch_off_only)
+        ]
         for group in self.param_groups:
-            for key, value in self.defaults.items():
+            for key, value in options:
                 group.setdefault(key, value)
         for param_state in self.state.values():
             step = param_state.get("step") if isinstance(param_state, dict) else None

@@ -120,6 +120,7 @@ group with the eager implementation instead; later steps do not retry.
 from __future__ import annotations
 
 import array
+import contextlib
 import functools
 import getpass
 import hashlib
@@ -134,7 +135,7 @@ import shutil
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,8 @@ __all__ = [
     "compile_count",
     "fused_unavailable_reason",
     "fused_update",
+    "grad_scaling",
+    "scaled_rule",
     "one_device_and_dtype",
     "plain_tensors",
     "prefer_fused",
@@ -213,15 +216,25 @@ def fused_unavailable_reason(device: torch.device | str) -> str | None:
     return _reason_cache[device_type]
 
 
+def _cannot_run(owner: str, device: torch.device, reason: str) -> str:
+    return (
+        f"{owner}(fused=True) cannot run on {device}: {reason}. Use fused=False "
+        "(or leave fused=None to pick the fastest available implementation)."
+    )
+
+
 def require_fused(owner: str, params: Sequence[Tensor]) -> None:
-    """Raise ``RuntimeError`` unless every parameter's device can run fused kernels."""
+    """Raise ``RuntimeError`` unless every parameter's device can run fused kernels.
+
+    Parameters on the meta device pass: they hold no data and cannot be
+    stepped, and building a model on meta, then ``to_empty(device=...)``, is
+    how large models are made; as in torch.optim, the device is checked again
+    by the step (:func:`fused_update` refuses one without fused kernels).
+    """
     for device in {p.device for p in params if type(p) in _PLAIN_TYPES}:
-        reason = fused_unavailable_reason(device)
+        reason = None if device.type == "meta" else fused_unavailable_reason(device)
         if reason is not None:
-            raise RuntimeError(
-                f"{owner}(fused=True) cannot run on {device}: {reason}. Use fused=False "
-                "(or leave fused=None to pick the fastest available implementation)."
-            )
+            raise RuntimeError(_cannot_run(owner, device, reason))
 
 
 def plain_tensors(params: Sequence[Tensor]) -> bool:
@@ -273,6 +286,55 @@ def signed_grad(param: Tensor, grad: Tensor, sign: Tensor, l2: Tensor) -> Tensor
     return torch.where(l2 != 0, grad + l2 * param, grad)
 
 
+def scaled_rule(
+    rule: Callable[..., None],
+    arguments: Sequence[Tensor | None],
+    scalars: Tensor,
+    flags: Mapping[str, Any],
+    grad_scale: Tensor,
+    found_inf: Tensor,
+) -> None:
+    """``rule`` on the gradient divided by ``grad_scale``, undone where ``found_inf`` is nonzero.
+
+    What torch's fused kernels do with ``torch.amp.GradScaler``'s scale: the
+    gradient is unscaled in the same pass and written back unscaled, and with
+    an inf/NaN found the parameter, the state and the (still scaled) gradient
+    are left as they were. Traced into the kernel like the rule itself
+    (``where`` on a one-element tensor: no host read of ``found_inf``).
+    """
+    param, grad, *states = arguments
+    unscaled = grad / grad_scale
+    updated = [param, *(state for state in states if state is not None)]
+    before = [tensor.clone() for tensor in updated]
+    rule(param, unscaled, *states, scalars, **flags)
+    skip = found_inf != 0
+    for tensor, old in zip(updated, before, strict=True):
+        tensor.copy_(torch.where(skip, old, tensor))
+    grad.copy_(torch.where(skip, grad, unscaled))
+
+
+_scaling = threading.local()
+
+
+@contextlib.contextmanager
+def grad_scaling(grad_scale: Tensor, found_inf: Tensor) -> Iterator[None]:
+    """Within it, this thread's :func:`fused_update` calls apply :func:`scaled_rule`.
+
+    ``grad_scale`` and ``found_inf`` are one-element float32 tensors (a
+    ``torch.amp.GradScaler``'s, handed to the optimizer as attributes).
+    """
+    _scaling.value = (grad_scale.reshape(()), found_inf.reshape(()))
+    try:
+        yield
+    finally:
+        _scaling.value = None
+
+
+def current_grad_scaling() -> tuple[Tensor, Tensor] | None:
+    """``(grad_scale, found_inf)`` inside :func:`grad_scaling`, else ``None``."""
+    return getattr(_scaling, "value", None)
+
+
 _compiles = 0
 _lock = threading.Lock()
 
@@ -287,7 +349,11 @@ def _no_layout_check(*args: Any, **kwargs: Any) -> None:
 
 
 def _bucket_function(
-    rule: Callable[..., None], present: tuple[bool, ...], arity: int, flags: Mapping[str, Any]
+    rule: Callable[..., None],
+    present: tuple[bool, ...],
+    arity: int,
+    flags: Mapping[str, Any],
+    scaled: bool = False,
 ) -> tuple[Callable[..., None], list[str]]:
     """``rule`` applied to ``arity`` tensor sets, as one function of named tensor arguments.
 
@@ -305,11 +371,19 @@ def _bucket_function(
                 arguments.append(names[-1])
             else:
                 arguments.append("None")
-        calls.append(f"    rule({', '.join(arguments)}, scalars, **flags)")
+        if scaled:
+            calls.append(
+                f"    scaled_rule(rule, [{', '.join(arguments)}], scalars, flags, "
+                "grad_scale, found_inf)"
+            )
+        else:
+            calls.append(f"    rule({', '.join(arguments)}, scalars, **flags)")
+    if scaled:
+        names += ["grad_scale", "found_inf"]
     suffix = "_".join(f"{k}{int(v) if isinstance(v, bool) else v}" for k, v in flags.items())
-    function_name = f"{rule.__name__}__x{arity}__{suffix}"[:200]
+    function_name = f"{rule.__name__}__x{arity}__{suffix}{'__scaled' if scaled else ''}"[:200]
     source = f"def {function_name}({', '.join(names)}, scalars):\n" + "\n".join(calls) + "\n"
-    namespace: dict[str, Any] = {"rule": rule, "flags": dict(flags)}
+    namespace: dict[str, Any] = {"rule": rule, "flags": dict(flags), "scaled_rule": scaled_rule}
     exec(compile(source, f"<optlab fused {function_name}>", "exec"), namespace)  # noqa: S102
     return namespace[function_name], [*names, "scalars"]
 
@@ -331,8 +405,10 @@ class _Kernel:
         device: torch.device,
         dtype: torch.dtype,
         arity: int,
+        scaled: bool = False,
     ) -> None:
         self.rule = rule
+        self.scaled = scaled  # takes grad_scale and found_inf after the tensor sets
         self.flags = dict(flags)
         self.present = present  # which tensor arguments of the rule are given (not None)
         self.width = sum(present)  # given tensors per set
@@ -341,7 +417,7 @@ class _Kernel:
         self._on_cpu = _is_cpu(device)
         self.dtype = dtype
         self.threads = _threads(device)
-        self.function, self.names = _bucket_function(rule, present, arity, flags)
+        self.function, self.names = _bucket_function(rule, present, arity, flags, scaled)
         # Scratch sets that fill the last bucket of a step: one element each (an
         # empty tensor would mean a launch of zero blocks on CUDA), none shared.
         self.padding = [
@@ -529,6 +605,9 @@ class _Kernel:
             for _ in range(self.width):
                 values = torch.rand(shape, generator=generator, dtype=torch.float64) + 0.5
                 args.append(values.to(device=self.device, dtype=self.dtype))
+        if self.scaled:  # a power of two, as GradScaler's; nothing found
+            args.append(torch.tensor(4.0, device=self.device))
+            args.append(torch.tensor(0.0, device=self.device))
         scalars = torch.rand(num_scalars, generator=generator, dtype=torch.float64) * 0.5 + 0.25
         args.append(scalars.to(self.device))
         return args
@@ -667,13 +746,21 @@ def _kernel(
     device: torch.device,
     dtype: torch.dtype,
     num_scalars: int,
+    scaled: bool = False,
 ) -> _Kernel:
     global _compiles
     # Flags in the caller's order: each rule has one call site.
-    key = (rule, present, device, dtype, _threads(device), *flags.items())
+    key = (rule, present, device, dtype, _threads(device), scaled, *flags.items())
     kernel = _kernels.get(key)
     if kernel is None:
-        kernel = _Kernel(rule, flags, present, device, dtype, BUCKET_SIZE)
+        reason = fused_unavailable_reason(device)  # e.g. parameters still on meta
+        if reason is not None:
+            raise FusedCompileError(
+                f"fused=True cannot step parameters on {device}: {reason}. Move them to a "
+                "device with fused kernels first (e.g. module.to_empty(device='cpu') after "
+                "building on meta), or use fused=False."
+            )
+        kernel = _Kernel(rule, flags, present, device, dtype, BUCKET_SIZE, scaled)
         if kernel.load(num_scalars):
             with _lock:
                 _compiles += 1
@@ -745,6 +832,7 @@ def _record_path(kernel: _Kernel) -> Path:
             str(kernel.dtype),
             kernel.device.type,
             kernel.threads,
+            kernel.scaled,
             os.cpu_count(),  # Inductor names the thread count in the code when they differ
             sorted(_INDUCTOR_OPTIONS.items()),
             # Inductor's settings from the environment (its cache folder aside: Inductor
@@ -814,10 +902,14 @@ def fused_update(
             vector; computed on the host in float64, once per distinct key.
         keys: one key per parameter (``None``: every key is ``None``).
         flags: static options, each a bool (a separate kernel per value).
+
+    Inside :func:`grad_scaling` every tensor set goes through
+    :func:`scaled_rule` (a kernel of its own per signature).
     """
     params = tensors[0]
     if not params:
         return
+    scaling = current_grad_scaling()
     count = len(params)
     present = tuple(lists is not None for lists in tensors)
     # Runs of tensors sharing a kernel (device, dtype) and a scalar vector: one, usually.
@@ -837,12 +929,18 @@ def fused_update(
     for signature, key in runs:
         if signature not in kernels:
             device, dtype = signature
-            kernels[signature] = _kernel(rule, flags, present, device, dtype, len(values[key]))
+            kernels[signature] = _kernel(
+                rule, flags, present, device, dtype, len(values[key]), scaling is not None
+            )
     given = [lists for lists in tensors if lists is not None]
     is_contiguous = Tensor.is_contiguous
     for (signature, key), indices in runs.items():
         kernel = kernels[signature]
         runner, arity = kernel.runner(), kernel.arity
+        extra = []  # what follows the tensor sets in a call: GradScaler's tensors
+        if scaling is not None:
+            device = signature[0]
+            extra = [t.to(device=device, dtype=torch.float32) for t in scaling]
         vector = kernel.scalar_vector(values[key])
         # Grads match their parameter's dtype, device and shape (autograd and the
         # ``.grad`` setter check it) and the state is ours: only the layout is checked.
@@ -855,13 +953,16 @@ def fused_update(
                     # Rare: a non-contiguous tensor set runs the same rule eagerly.
                     full = iter(tensor_set)
                     arguments = [None if lists is None else next(full) for lists in tensors]
-                    rule(*arguments, vector, **flags)
+                    if scaling is None:
+                        rule(*arguments, vector, **flags)
+                    else:
+                        scaled_rule(rule, arguments, vector, flags, *extra)
                 elif tensor_set[0].numel():
                     flat += tensor_set
         stride = arity * kernel.width
         end = len(flat) - len(flat) % stride
         for start in range(0, end, stride):
-            runner(flat[start : start + stride], vector)
+            runner(flat[start : start + stride] + extra, vector)
         if end < len(flat):
             missing = (stride - (len(flat) - end)) // kernel.width
-            runner(flat[end:] + kernel.padding[: missing * kernel.width], vector)
+            runner(flat[end:] + kernel.padding[: missing * kernel.width] + extra, vector)

@@ -15,8 +15,8 @@ one and so does optlab. Defaults are torch.optim's (lr=1.0, rho=0.9,
 eps=1e-6, weight_decay=0) and so are the state keys (``step``,
 ``square_avg``, ``acc_delta``), so checkpoints move both ways.
 
-Departures from torch.optim: no ``capturable`` / ``differentiable``; a
-``fused=True`` runs optlab's generated kernel (torch.optim.Adadelta has no
+Departures from torch.optim: ``capturable`` / ``differentiable`` are taken
+as ``False`` only; a ``fused=True`` runs optlab's generated kernel (torch.optim.Adadelta has no
 fused path); sparse gradients are rejected with a clear error (as torch does).
 """
 
@@ -144,11 +144,14 @@ class Adadelta(OptlabOptimizer):
         weight_decay: L2 penalty added to the gradient (default 0).
         foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
         maximize: maximize the objective instead of minimizing it.
+        capturable: accepted as ``False`` only (torch.optim's CUDA-graph capture).
+        differentiable: accepted as ``False`` only (torch.optim's autograd through the step).
         fused: ``True`` one generated kernel call per bucket of tensors (:mod:`optlab.optim._fused`);
             ``None`` lets large groups use it (see there).
     """
 
     state_keys = ("square_avg", "acc_delta")
+    torch_off_only = ("capturable", "differentiable")
 
     def __init__(
         self,
@@ -159,7 +162,9 @@ class Adadelta(OptlabOptimizer):
         weight_decay: float = 0.0,
         foreach: bool | None = None,
         *,
+        capturable: bool = False,
         maximize: bool = False,
+        differentiable: bool = False,
         fused: bool | None = None,
     ) -> None:
         defaults = dict(
@@ -169,6 +174,8 @@ class Adadelta(OptlabOptimizer):
             weight_decay=weight_decay,
             maximize=maximize,
             foreach=foreach,
+            capturable=capturable,
+            differentiable=differentiable,
             fused=fused,
         )
         super().__init__(params, defaults)

@@ -19,8 +19,8 @@ step. For complex parameters ``sum`` starts at
 imaginary parts are separate coordinates.
 
 Departures from torch.optim: ``initial_accumulator_value`` is honoured per
-param group (torch uses the constructor's value for every group); no
-``differentiable``; sparse gradients are rejected with a clear error (torch
+param group (torch uses the constructor's value for every group);
+``differentiable`` is taken as ``False`` only; sparse gradients are rejected with a clear error (torch
 supports them, without weight decay, in the loop path).
 """
 
@@ -158,11 +158,13 @@ class Adagrad(OptlabOptimizer):
         eps: added to the denominator outside the square root (default 1e-10).
         foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
         maximize: maximize the objective instead of minimizing it.
+        differentiable: accepted as ``False`` only (torch.optim's autograd through the step).
         fused: ``True`` one generated kernel call per bucket of tensors (:mod:`optlab.optim._fused`);
             ``None`` lets large groups use it (see there).
     """
 
     state_keys = ("sum",)
+    torch_off_only = ("differentiable",)
 
     def __init__(
         self,
@@ -175,6 +177,7 @@ class Adagrad(OptlabOptimizer):
         foreach: bool | None = None,
         *,
         maximize: bool = False,
+        differentiable: bool = False,
         fused: bool | None = None,
     ) -> None:
         defaults = dict(
@@ -185,6 +188,7 @@ class Adagrad(OptlabOptimizer):
             initial_accumulator_value=initial_accumulator_value,
             foreach=foreach,
             maximize=maximize,
+            differentiable=differentiable,
             fused=fused,
         )
         super().__init__(params, defaults)

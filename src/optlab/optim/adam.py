@@ -19,8 +19,10 @@ weight_decay=0; AdamW weight_decay=1e-2), and so are the state keys
 (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``), so checkpoints
 move between torch.optim and optlab in both directions.
 
-Departures from torch.optim: no ``capturable`` / ``differentiable``; sparse
-gradients are rejected with a clear error.
+Departures from torch.optim: ``capturable`` / ``differentiable`` are taken
+as ``False`` only (``True`` raises ``ValueError``); sparse gradients are
+rejected with a clear error; a tensor ``lr`` or tensor ``betas`` work with
+``foreach=True`` too (torch refuses them there).
 """
 
 from __future__ import annotations
@@ -204,12 +206,15 @@ class Adam(OptlabOptimizer):
         amsgrad: use the running maximum of the second moment (default False).
         maximize: maximize the objective instead of minimizing it.
         foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
+        capturable: accepted as ``False`` only (torch.optim's CUDA-graph capture).
+        differentiable: accepted as ``False`` only (torch.optim's autograd through the step).
         fused: ``True`` one generated kernel call per bucket of tensors (:mod:`optlab.optim._fused`);
             ``None`` lets large groups use it (see there).
         decoupled_weight_decay: AdamW's decoupled decay (default False).
     """
 
     state_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    torch_off_only = ("capturable", "differentiable")
 
     def __init__(
         self,
@@ -220,8 +225,10 @@ class Adam(OptlabOptimizer):
         weight_decay: float = 0.0,
         amsgrad: bool = False,
         *,
-        maximize: bool = False,
         foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
     ) -> None:
@@ -233,6 +240,8 @@ class Adam(OptlabOptimizer):
             amsgrad=amsgrad,
             maximize=maximize,
             foreach=foreach,
+            capturable=capturable,
+            differentiable=differentiable,
             fused=fused,
             decoupled_weight_decay=decoupled_weight_decay,
         )
@@ -293,6 +302,8 @@ class AdamW(Adam):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
         fused: bool | None = None,
     ) -> None:
         super().__init__(
@@ -304,6 +315,8 @@ class AdamW(Adam):
             amsgrad=amsgrad,
             maximize=maximize,
             foreach=foreach,
+            capturable=capturable,
+            differentiable=differentiable,
             fused=fused,
             decoupled_weight_decay=True,
         )

@@ -60,7 +60,11 @@ class OptimizerSpec:
     def hparam_names(self) -> tuple[str, ...]:
         """Hyper-parameters the class accepts (everything but ``params``)."""
         signature = inspect.signature(self.cls.__init__)
-        return tuple(name for name in signature.parameters if name not in ("self", "params"))
+        return tuple(name for name in signature.parameters if name not in self._not_hparams())
+
+    def _not_hparams(self) -> frozenset[str]:
+        # torch.optim's capturable / differentiable, taken only switched off, tune nothing.
+        return frozenset(("self", "params", *getattr(self.cls, "torch_off_only", ())))
 
     def defaults(self) -> dict[str, Any]:
         """Every hyper-parameter with the value this entry uses when none is given."""
@@ -68,7 +72,7 @@ class OptimizerSpec:
         values = {
             name: parameter.default
             for name, parameter in signature.parameters.items()
-            if name not in ("self", "params") and parameter.default is not inspect.Parameter.empty
+            if name not in self._not_hparams() and parameter.default is not inspect.Parameter.empty
         }
         values.update(self.overrides)
         return values

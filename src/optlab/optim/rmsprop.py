@@ -25,10 +25,9 @@ momentum=0, centered=False), and so are the state keys (``step``,
 momentum > 0), so checkpoints move both ways.
 
 Departures from torch.optim: ``alpha`` must lie in [0, 1] (torch accepts any
-alpha >= 0, and alpha > 1 drives ``v`` negative); the arguments after
-``centered`` are keyword-only (torch's positional ``capturable`` sits where
-``foreach`` would be); no ``capturable`` / ``differentiable``;
-``fused=True`` runs optlab's generated kernel. Switching ``momentum`` or
+alpha >= 0, and alpha > 1 drives ``v`` negative); ``capturable`` /
+``differentiable`` are taken as ``False`` only, in torch's positions;
+``fused=True`` (keyword-only, after them) runs optlab's generated kernel. Switching ``momentum`` or
 ``centered`` on after a checkpoint written without them starts the missing
 buffers at zero (torch raises ``KeyError``).
 """
@@ -211,13 +210,16 @@ class RMSprop(OptlabOptimizer):
         momentum: momentum factor on the scaled step (default 0).
         centered: divide by an estimate of the gradient's variance instead of
             its second moment (default False).
+        capturable: accepted as ``False`` only (torch.optim's CUDA-graph capture).
         foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
         maximize: maximize the objective instead of minimizing it.
+        differentiable: accepted as ``False`` only (torch.optim's autograd through the step).
         fused: ``True`` one generated kernel call per bucket of tensors (:mod:`optlab.optim._fused`);
             ``None`` lets large groups use it (see there).
     """
 
     state_keys = ("square_avg", "momentum_buffer", "grad_avg")
+    torch_off_only = ("capturable", "differentiable")
 
     def __init__(
         self,
@@ -228,9 +230,11 @@ class RMSprop(OptlabOptimizer):
         weight_decay: float = 0.0,
         momentum: float = 0.0,
         centered: bool = False,
-        *,
+        capturable: bool = False,
         foreach: bool | None = None,
         maximize: bool = False,
+        differentiable: bool = False,
+        *,
         fused: bool | None = None,
     ) -> None:
         defaults = dict(
@@ -240,8 +244,10 @@ class RMSprop(OptlabOptimizer):
             eps=eps,
             centered=centered,
             weight_decay=weight_decay,
+            capturable=capturable,
             foreach=foreach,
             maximize=maximize,
+            differentiable=differentiable,
             fused=fused,
         )
         super().__init__(params, defaults)

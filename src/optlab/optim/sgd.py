@@ -24,10 +24,13 @@ entries set momentum=0.9 (and nesterov). State: only ``momentum_buffer``,
 created on a parameter's first step with momentum, and no ``step`` (torch
 keeps none either), so checkpoints move between torch.optim and optlab.
 
-Departures from torch.optim: no ``differentiable``; sparse gradients are
-rejected; ``dampening`` must lie in [0, 1] (torch accepts any number); the
+Departures from torch.optim: ``differentiable`` is taken as ``False`` only
+(``True`` raises ``ValueError``); sparse gradients are rejected;
+``dampening`` must lie in [0, 1] (torch accepts any number); the
 multi-tensor path never writes into ``p.grad`` (torch's does for Nesterov
-without weight decay or maximize).
+without weight decay or maximize). With ``torch.amp.GradScaler``, a skipped
+first step with momentum starts no buffer (torch's ``fused=True`` keeps an
+uninitialised one; its non-fused route none).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from ._base import (
     loop_grad,
     scalar,
 )
-from ._fused import fused_update, signed_grad
+from ._fused import current_grad_scaling, fused_update, signed_grad
 
 __all__ = ["SGD", "sgd"]
 
@@ -187,12 +190,14 @@ class SGD(OptlabOptimizer):
         nesterov: Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0``.
         maximize: maximize the objective instead of minimizing it.
         foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
+        differentiable: accepted as ``False`` only (torch.optim's autograd through the step).
         fused: ``True`` one generated kernel call per bucket of tensors (:mod:`optlab.optim._fused`);
             ``None`` lets large groups use it (see there).
     """
 
     state_keys = ("momentum_buffer",)
     counts_steps = False
+    torch_off_only = ("differentiable",)
 
     def __init__(
         self,
@@ -205,6 +210,7 @@ class SGD(OptlabOptimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        differentiable: bool = False,
         fused: bool | None = None,
     ) -> None:
         defaults = dict(
@@ -215,6 +221,7 @@ class SGD(OptlabOptimizer):
             nesterov=nesterov,
             maximize=maximize,
             foreach=foreach,
+            differentiable=differentiable,
             fused=fused,
         )
         super().__init__(params, defaults)
@@ -233,6 +240,9 @@ class SGD(OptlabOptimizer):
 
     def _fusing_saves_passes(self, group) -> bool:
         return bool(group["momentum"] != 0 or group["weight_decay"] != 0 or group["maximize"])
+
+    def _keeps_state(self, group) -> bool:
+        return group["momentum"] != 0  # torch.optim.SGD keeps no state entry without momentum
 
     def _init_state(self, param, group) -> dict[str, Any]:
         # The buffer is born on the first step as a copy of the gradient.
@@ -258,6 +268,15 @@ class SGD(OptlabOptimizer):
             implementation=implementation,
         )
         if momentum == 0:
+            return
+        scaling = current_grad_scaling()
+        if scaling is not None and bool(scaling[1]):
+            # GradScaler found inf/NaN and the kernel left everything as it was:
+            # a first step's buffer is not born (torch.optim.SGD(fused=True) would
+            # keep an uninitialised one). Read on the host: this route is CPU-only.
+            for param in group["params"]:
+                if param in self.state and not self.state[param]:
+                    del self.state[param]  # as if no step was taken
             return
         # New buffers were cloned from real views; complex parameters keep
         # complex buffers, as torch.optim.SGD does. ``_collect`` takes the
