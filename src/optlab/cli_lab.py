@@ -92,8 +92,8 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _checked(study: Any) -> Any:
     """The study validated against the catalogue, or :class:`CommandLineError`."""
+    from optlab.lab.checks import validate_study
     from optlab.lab.data import DatasetNotFoundError
-    from optlab.lab.spec import validate_study
     from optlab.lab.tasks import get_task
 
     try:

@@ -8,8 +8,8 @@ finishes; running the same study again resumes where it stopped.
 :func:`~optlab.lab.selection.resolve_study` reads the same plan back from the
 store without training (what ``optlab report`` uses).
 
-The parts, one module each: :mod:`~optlab.lab.spec` (what a study is, its
-checks), :mod:`~optlab.lab.studyfile` (the fields table: command line, TOML
+The parts, one module each: :mod:`~optlab.lab.arms` and :mod:`~optlab.lab.spec` (what a study is),
+:mod:`~optlab.lab.checks` (its checks), :mod:`~optlab.lab.studyfile` (the fields table: command line, TOML
 study files, the reproduce command), :mod:`~optlab.lab.execution` (workers),
 :mod:`~optlab.lab.tuning` (grid, Optuna), :mod:`~optlab.lab.selection`
 (choosing, outcomes), :mod:`~optlab.lab.stats` (intervals, tests, profiles)
@@ -22,6 +22,7 @@ import os
 from datetime import datetime, timezone
 from typing import Any
 
+from optlab.lab.checks import validate_study
 from optlab.lab.environment import environment
 from optlab.lab.execution import Progress, Runner, Trainer, execute
 from optlab.lab.selection import (
@@ -39,7 +40,6 @@ from optlab.lab.spec import (
     StudySpec,
     arms_from_optimizers,
     default_study,
-    validate_study,
 )
 from optlab.lab.store import Store, StoreError
 from optlab.lab.tuning import tune_grid, tune_optuna
