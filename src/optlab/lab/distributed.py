@@ -135,6 +135,12 @@ class DistributedTrainingRun(TrainingRun):
             super().__init__(spec, device=device)
         except Exception as caught:  # shared below, so that no rank waits for a failed one
             error = caught
+        if error is None and not self.task.distributed:
+            error = ValueError(
+                f"task {spec.task!r} trains with its own step and optimizers "
+                f"({', '.join(self.optimizers)}) and runs in one process; "
+                "drop --nproc / torchrun for it (use --jobs to run runs in parallel)"
+            )
         _agree_on_setup(error, spec)
         from torch.nn.parallel import DistributedDataParallel
 
@@ -154,22 +160,16 @@ class DistributedTrainingRun(TrainingRun):
             start, stop = 0, 1  # computed and scaled by 0: the all-reduces stay in step
         return inputs[start:stop], None if targets is None else targets[start:stop]
 
-    def step(self, inputs: Tensor, targets: Tensor | None) -> Tensor:
-        """One DDP step on a global batch; returns the whole batch's loss (same on every rank)."""
-        self.lr = self.set_lr(self.steps_done)
-        global_batch = len(inputs)
-        inputs, targets = self.shard_batch(inputs, targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self.problem.objective(self.model, self.model(inputs), targets)
+    def batch_loss(self, loss: Tensor) -> Tensor:
+        """The whole batch's loss: the ranks' losses weighted by their shares (same everywhere)."""
         batch_loss = (loss.detach().double() * self._weight).reshape(1)
         dist.all_reduce(batch_loss)
-        if torch.isfinite(batch_loss).all():
-            scaled = loss if self._loss_factor == 1.0 else loss * self._loss_factor
-            scaled.backward()
-            self.optimizer.step()
-        self.steps_done += 1
-        self.examples_seen += global_batch
         return batch_loss[0].to(loss.dtype)
+
+    def backward(self, loss: Tensor) -> None:
+        """Backward of the loss scaled so that DDP's average is the full-batch mean gradient."""
+        scaled = loss if self._loss_factor == 1.0 else loss * self._loss_factor
+        scaled.backward()
 
     def info(self, **timings: float) -> dict[str, Any]:
         return {

@@ -37,6 +37,16 @@ What it guarantees:
   none when ``progress=False``, or a callback receiving a
   :class:`ProgressUpdate` after every evaluation.
 
+Tasks that are not "one model, one batch loss" plug into the same loop
+through the hooks of :class:`~optlab.lab.tasks.Problem`: a language model's
+``forward`` carries its recurrent state between windows and its
+``batch_order`` keeps the windows of each text stream consecutive (truncated
+BPTT); ``clip_grad_norm`` clips before each step; a GAN names the networks
+that get an optimizer each (``optimized``, all built from the spec's
+optimizer and hyper-parameters, all on the schedule) and supplies its own
+``train_step``; ``measure`` replaces the evaluation and may add diagnostics
+(extra keys of the history rows, e.g. ``modes``).
+
 Distributed training wraps rather than rewrites this loop: a subclass of
 :class:`TrainingRun` may replace ``run.model`` with a wrapper (e.g.
 ``DistributedDataParallel(run.module)``) before :meth:`TrainingRun.run`,
@@ -63,7 +73,7 @@ from torch import Tensor, nn
 from ..optim import create_optimizer
 from .runs import RunResult, RunSpec
 from .schedules import make_schedule
-from .tasks import Problem, Task, evaluate, evaluate_metrics, get_task
+from .tasks import Problem, Task, evaluate, evaluate_metrics, get_task, measure_part
 
 __all__ = [
     "THREADS_ENV",
@@ -71,6 +81,7 @@ __all__ = [
     "TrainingRun",
     "batch_indices",
     "num_threads",
+    "resolve_schedule",
     "train",
 ]
 
@@ -168,6 +179,17 @@ def _json_safe(value: Any) -> Any:
     return repr(value)
 
 
+def resolve_schedule(task: Task, schedule: str) -> str:
+    """The schedule a run of ``task`` uses when its spec says ``schedule``.
+
+    ``RunSpec.schedule`` defaults to ``"constant"``, which cannot be told from
+    an explicit choice, so ``"constant"`` means the task's own default
+    (``Task.schedule``: ``warmup-cosine`` for the Transformer); any other name
+    is used as given.
+    """
+    return task.schedule if schedule == "constant" else schedule
+
+
 # --------------------------------------------------------------------------
 # One run
 # --------------------------------------------------------------------------
@@ -182,6 +204,9 @@ class TrainingRun:
         model: what the forward pass calls; ``module`` unless a distributed
             wrapper replaced it.
         optimizer: built by :func:`optlab.create_optimizer` from ``spec``.
+        optimizers: every optimizer of the run by role (``{"model": optimizer}``
+            unless the task names several networks, e.g. a GAN's generator and
+            discriminator); ``optimizer`` is the first.
         epochs, batch_size, steps_per_epoch, total_steps: the run's size.
         generator: CPU generator of the data order and augmentation.
         is_main: whether this process reports progress (one per run).
@@ -199,7 +224,8 @@ class TrainingRun:
         self.device = torch.device(device or "cpu")
         # Checked before the (possibly slow) build so mistakes fail fast.
         self.task.resolve_options(spec.task_options)
-        make_schedule(spec.schedule, 1)
+        self.schedule_name = resolve_schedule(self.task, spec.schedule)
+        make_schedule(self.schedule_name, 1)
 
         problem: Problem = self.task.build(spec.seed, spec.data_dir, spec.task_options)
         problem.model.to(self.device)
@@ -220,23 +246,35 @@ class TrainingRun:
                 f"examples of task {self.task.name!r}, which drops incomplete batches"
             )
         self.total_steps = self.epochs * self.steps_per_epoch
-        self.optimizer = create_optimizer(self.module, spec.optimizer, **spec.hparams)
-        self.schedule = make_schedule(spec.schedule, self.total_steps)
-        self.base_lrs = [float(group["lr"]) for group in self.optimizer.param_groups]
+        networks = problem.optimized or {"model": self.module}
+        self.optimizers = {
+            role: create_optimizer(network, spec.optimizer, **spec.hparams)
+            for role, network in networks.items()
+        }
+        self.optimizer = next(iter(self.optimizers.values()))
+        self.schedule = make_schedule(self.schedule_name, self.total_steps)
+        self.base_lrs = [
+            [float(group["lr"]) for group in optimizer.param_groups]
+            for optimizer in self.optimizers.values()
+        ]
         self.generator = torch.Generator().manual_seed(spec.seed)
         self.is_main = True
         self.steps_done = 0
         self.examples_seen = 0
-        self.lr = self.base_lrs[0] * self.schedule(0)
+        self.lr = self.base_lrs[0][0] * self.schedule(0)
 
     # -- the pieces a distributed wrapper may override -----------------------
 
     def batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor | None]]:
         """The global batches of one epoch (augmented when the task augments)."""
         problem = self.problem
-        for index in batch_indices(
-            len(problem.train), self.batch_size, self.generator, drop_last=problem.drop_last
-        ):
+        if problem.batch_order is not None:
+            order = problem.batch_order(len(problem.train), self.batch_size, self.generator)
+        else:
+            order = batch_indices(
+                len(problem.train), self.batch_size, self.generator, drop_last=problem.drop_last
+            )
+        for index in order:
             inputs, targets = problem.train.batch(index.to(self.device))
             if problem.augment is not None:
                 inputs = problem.augment(inputs, self.generator)
@@ -247,32 +285,56 @@ class TrainingRun:
         return inputs, targets
 
     def set_lr(self, step: int) -> float:
-        """Set every group's learning rate for optimizer step ``step``; the first group's."""
+        """Set every group's learning rate (of every optimizer) for step ``step``; the first's."""
         factor = self.schedule(step)
-        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
-            lr = base_lr * factor
-            if isinstance(group["lr"], Tensor):
-                group["lr"].fill_(lr)
-            else:
-                group["lr"] = lr
-        return self.base_lrs[0] * factor
+        for optimizer, base_lrs in zip(self.optimizers.values(), self.base_lrs, strict=True):
+            for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
+                lr = base_lr * factor
+                if isinstance(group["lr"], Tensor):
+                    group["lr"].fill_(lr)
+                else:
+                    group["lr"] = lr
+        return self.base_lrs[0][0] * factor
+
+    def batch_loss(self, loss: Tensor) -> Tensor:
+        """The global batch's loss from this process's (detached; the same when not distributed)."""
+        return loss.detach()
+
+    def backward(self, loss: Tensor) -> None:
+        """Gradients of this process's share of the batch loss."""
+        loss.backward()
 
     def step(self, inputs: Tensor, targets: Tensor | None) -> Tensor:
         """One optimizer step on a global batch; returns the batch loss (detached).
 
-        When the loss is not finite the step is not taken.
+        When the loss is not finite the step is not taken. A task with its own
+        ``train_step`` (GANs) steps its optimizers itself.
         """
         self.lr = self.set_lr(self.steps_done)
         global_batch = len(inputs)
         inputs, targets = self.shard_batch(inputs, targets)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self.problem.objective(self.model, self.model(inputs), targets)
-        if torch.isfinite(loss):
-            loss.backward()
-            self.optimizer.step()
+        problem = self.problem
+        if problem.train_step is not None:
+            reported = problem.train_step(
+                self.model, self.optimizers, inputs, targets, self.generator
+            )
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            outputs = (
+                self.model(inputs)
+                if problem.forward is None
+                else problem.forward(self.model, inputs)
+            )
+            loss = problem.objective(self.model, outputs, targets)
+            reported = self.batch_loss(loss)
+            if torch.isfinite(reported).all():
+                self.backward(loss)
+                if problem.clip_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(self.module.parameters(), problem.clip_grad_norm)
+                self.optimizer.step()
         self.steps_done += 1
         self.examples_seen += global_batch
-        return loss.detach()
+        return reported
 
     def evaluate(self) -> dict[str, float]:
         """``valid_loss``, ``valid_metric``, ``test_loss`` and ``metric`` of the current model."""
@@ -280,6 +342,8 @@ class TrainingRun:
 
     def initial_train_loss(self, metrics: dict[str, float]) -> float:
         """The untrained model's loss on the whole training set."""
+        if self.problem.measure is not None:
+            return measure_part(self.problem, self.module, "train")["loss"]
         if self.problem.train is self.problem.test:
             return metrics["test_loss"]
         if self.problem.valid is None:  # validation is the training objective
@@ -323,6 +387,7 @@ class TrainingRun:
                 "test_loss": metrics["test_loss"],
                 "metric": metrics["metric"],
                 "wall_time": train_seconds,
+                **{key: value for key, value in metrics.items() if key not in _EVALUATED},
             }
             history.append(row)
             reporter.row(row, done=not finite(row) or self.steps_done == self.total_steps)
@@ -379,13 +444,23 @@ class TrainingRun:
         """Settings and environment worth keeping with the result."""
         from .. import __version__
 
-        group = self.optimizer.param_groups[0]
-        hparams = {
-            key: _json_safe(value)
-            for key, value in group.items()
-            if key not in ("params", "initial_lr")
-        }
-        hparams["lr"] = self.base_lrs[0]
+        hparams = self._hparams(self.optimizer, self.base_lrs[0][0])
+        if len(self.optimizers) > 1:
+            roles = {
+                role: {
+                    "optimizer_class": type(optimizer).__name__,
+                    "hparams": self._hparams(optimizer, base_lrs[0]),
+                    "parameters": sum(p.numel() for p in self._params(optimizer)),
+                }
+                for (role, optimizer), base_lrs in zip(
+                    self.optimizers.items(), self.base_lrs, strict=True
+                )
+            }
+            extra: dict[str, Any] = {"optimizers": roles}
+        else:
+            extra = {}
+        if self.problem.clip_grad_norm is not None:
+            extra["clip_grad_norm"] = self.problem.clip_grad_norm
         return {
             "epochs": self.epochs,
             "batch_size": self.batch_size,
@@ -405,6 +480,9 @@ class TrainingRun:
                 for key, value in self.task.resolve_options(self.spec.task_options).items()
             },
             "parameters": sum(p.numel() for p in self.module.parameters()),
+            "schedule": self.schedule_name,
+            **extra,
+            **(self.problem.info or {}),
             **timings,
             "device": str(self.device),
             "threads": torch.get_num_threads(),
@@ -416,6 +494,25 @@ class TrainingRun:
             "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
         }
+
+    @staticmethod
+    def _params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+        return [p for group in optimizer.param_groups for p in group["params"]]
+
+    @staticmethod
+    def _hparams(optimizer: torch.optim.Optimizer, base_lr: float) -> dict[str, Any]:
+        group = optimizer.param_groups[0]
+        hparams = {
+            key: _json_safe(value)
+            for key, value in group.items()
+            if key not in ("params", "initial_lr")
+        }
+        hparams["lr"] = base_lr
+        return hparams
+
+
+#: What :func:`~optlab.lab.tasks.evaluate_metrics` always returns (the rest are diagnostics).
+_EVALUATED = frozenset({"valid_loss", "valid_metric", "test_loss", "metric"})
 
 
 class _Reporter:
