@@ -19,6 +19,7 @@ from optlab.lab.tasks import get_task, list_tasks
 from optlab.lab.train import train
 
 BUILT_IN = ["digits-mlp", "digits-cnn", "diabetes-linreg", "cancer-logreg", "quadratic-deep"]
+BUILT_IN += ["text-lstm", "text-transformer", "gan-ring", "gan-digits"]
 FILE_BACKED = ["mnist-cnn", "cifar10-resnet"]
 
 
@@ -39,6 +40,10 @@ def test_catalogue_lists_every_task_with_consistent_metadata():
         "quadratic-deep": "loss",
         "mnist-cnn": "accuracy",
         "cifar10-resnet": "accuracy",
+        "text-lstm": "bpc",
+        "text-transformer": "bpc",
+        "gan-ring": "swd",
+        "gan-digits": "fid",
     }
     for name in list_tasks():
         task = get_task(name)

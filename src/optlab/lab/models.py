@@ -12,8 +12,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 __all__ = [
+    "GAN",
+    "CharLSTM",
     "CifarResNet",
+    "DecoderTransformer",
     "DigitsCNN",
+    "DigitsDiscriminator",
+    "DigitsGenerator",
     "MLP",
     "MnistNet",
     "NoisyQuadratic",
@@ -147,3 +152,147 @@ class NoisyQuadratic(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         difference = self.theta - x
         return 0.5 * ((difference @ self.hessian) * difference).sum(dim=1)
+
+
+# --------------------------------------------------------------------------
+# Language models
+# --------------------------------------------------------------------------
+
+
+class CharLSTM(nn.Module):
+    """Token LSTM language model: embedding, ``layers`` LSTM layers, linear decoder.
+
+    ``forward(tokens, state)`` takes a ``(batch, time)`` tensor of token ids and
+    the ``(h, c)`` state of the previous window (``None``: zeros) and returns
+    the logits ``(batch, time, vocab)`` and the new state, so a caller can carry
+    the state across windows (truncated BPTT).
+    """
+
+    def __init__(self, vocab: int, embedding: int, hidden: int, layers: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, embedding)
+        self.lstm = nn.LSTM(embedding, hidden, num_layers=layers, batch_first=True)
+        self.decoder = nn.Linear(hidden, vocab)
+
+    def forward(
+        self, tokens: Tensor, state: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        outputs, state = self.lstm(self.embedding(tokens), state)
+        return self.decoder(outputs), state
+
+
+class _PreLNBlock(nn.Module):
+    """``x + attn(LN(x))`` then ``x + mlp(LN(x))``, causal self-attention."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, time, width = x.shape
+        q, k, v = self.qkv(self.norm1(x)).split(width, dim=2)
+        q, k, v = (t.view(batch, time, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(attended.transpose(1, 2).reshape(batch, time, width))
+        return x + self.mlp(self.norm2(x))
+
+
+class DecoderTransformer(nn.Module):
+    """A small GPT-style decoder-only Transformer (pre-LayerNorm, learned positions).
+
+    Token and position embeddings, ``layers`` pre-LN blocks of causal
+    multi-head self-attention (:func:`torch.nn.functional.scaled_dot_product_attention`
+    with ``is_causal=True``) and a 4x GELU MLP, a final LayerNorm and a linear
+    head. ``forward(tokens)`` maps ``(batch, time)`` ids, ``time <= context``,
+    to logits ``(batch, time, vocab)``. Weights ~ N(0, 0.02^2), biases 0, as in GPT-2.
+    """
+
+    def __init__(self, vocab: int, width: int, layers: int, heads: int, context: int) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width must be a multiple of heads, got {width} and {heads}")
+        self.token = nn.Embedding(vocab, width)
+        self.position = nn.Embedding(context, width)
+        self.blocks = nn.Sequential(*(_PreLNBlock(width, heads) for _ in range(layers)))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, vocab)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, 0.0, 0.02)
+            if isinstance(module, nn.Linear):
+                nn.init.zeros_(module.bias)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        x = self.token(tokens) + self.position(positions)
+        return self.head(self.norm(self.blocks(x)))
+
+
+# --------------------------------------------------------------------------
+# GANs
+# --------------------------------------------------------------------------
+
+
+class GAN(nn.Module):
+    """A generator and a discriminator in one module (moved, counted and saved together).
+
+    ``forward(noise)`` generates; each network has its own optimizer.
+    """
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, noise_dim: int) -> None:
+        super().__init__()
+        self.generator = generator
+        self.discriminator = discriminator
+        self.noise_dim = noise_dim
+
+    def forward(self, noise: Tensor) -> Tensor:
+        return self.generator(noise)
+
+
+class DigitsGenerator(nn.Module):
+    """DCGAN-style generator of 1x8x8 images in [-1, 1].
+
+    fc noise -> 2c x 2 x 2 (BatchNorm, ReLU); transposed conv k4 s2 p1 to
+    c x 4 x 4 (BatchNorm, ReLU); transposed conv k4 s2 p1 to 1 x 8 x 8, tanh.
+    BatchNorm always normalises by the batch's statistics (no running
+    averages), in evaluation too: a sample of fixed noise then means the same
+    thing at every evaluation, however fast the generator moves.
+    """
+
+    def __init__(self, noise_dim: int, channels: int) -> None:
+        super().__init__()
+        self.channels = channels
+        self.fc = nn.Linear(noise_dim, 2 * channels * 4)
+        self.norm0 = nn.BatchNorm2d(2 * channels, track_running_stats=False)
+        self.up1 = nn.ConvTranspose2d(2 * channels, channels, 4, 2, 1)
+        self.norm1 = nn.BatchNorm2d(channels, track_running_stats=False)
+        self.up2 = nn.ConvTranspose2d(channels, 1, 4, 2, 1)
+
+    def forward(self, noise: Tensor) -> Tensor:
+        x = self.fc(noise).view(-1, 2 * self.channels, 2, 2)
+        x = F.relu(self.norm0(x))
+        x = F.relu(self.norm1(self.up1(x)))
+        return torch.tanh(self.up2(x))
+
+
+class DigitsDiscriminator(nn.Module):
+    """DCGAN-style discriminator of 1x8x8 images: conv k4 s2 p1 to c x 4 x 4,
+    conv k4 s2 p1 to 2c x 2 x 2 (LeakyReLU 0.2 after each), fc to one logit."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, channels, 4, 2, 1)
+        self.conv2 = nn.Conv2d(channels, 2 * channels, 4, 2, 1)
+        self.fc = nn.Linear(2 * channels * 4, 1)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = F.leaky_relu(self.conv1(images), 0.2)
+        x = F.leaky_relu(self.conv2(x), 0.2)
+        return self.fc(torch.flatten(x, 1)).reshape(-1)

@@ -38,7 +38,7 @@ the test numbers of a tuned study stay unbiased:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -60,10 +60,24 @@ __all__ = [
     "evaluate_metrics",
     "get_task",
     "list_tasks",
+    "measure_part",
 ]
 
-#: Test metrics and whether larger is better.
-METRICS: Mapping[str, bool] = MappingProxyType({"accuracy": True, "loss": False, "gap": False})
+#: Test metrics and whether larger is better: ``bpc`` bits per token of a
+#: language model (per character at character level), ``swd`` a sliced
+#: Wasserstein distance of generated to target samples, ``fid`` a Fréchet
+#: distance in a fixed classifier's feature space (see :mod:`optlab.lab.gan`).
+METRICS: Mapping[str, bool] = MappingProxyType(
+    {"accuracy": True, "loss": False, "gap": False, "bpc": False, "swd": False, "fid": False}
+)
+
+#: A task-defined training step (GANs): ``train_step(model, optimizers, inputs,
+#: targets, generator) -> loss`` zeroes, computes, steps every optimizer in
+#: ``optimizers`` (by role) itself and returns the detached batch loss it reports.
+TrainStep = Callable[
+    [nn.Module, Mapping[str, torch.optim.Optimizer], Tensor, "Tensor | None", torch.Generator],
+    Tensor,
+]
 
 #: What a task's ``valid_loss`` / ``valid_metric`` measure (see the module docstring).
 VALIDATIONS: Mapping[str, str] = MappingProxyType(
@@ -93,6 +107,29 @@ class Problem:
         eval_batch_size: batch size for evaluation passes.
         valid: held-out validation data, or ``None`` when the task validates on
             its training objective (the whole training set).
+
+    Hooks for tasks that are not "one model, one batch loss" (``None``: the
+    default behaviour):
+
+        forward: ``forward(model, inputs) -> outputs`` in training, instead of
+            ``model(inputs)`` (a language model carries its recurrent state
+            from one window to the next here).
+        batch_order: ``batch_order(size, batch_size, generator)`` yields one
+            epoch's index tensors instead of a random permutation (consecutive
+            windows of parallel text streams for truncated BPTT).
+        clip_grad_norm: clip the gradients' total 2-norm to this before each
+            optimizer step.
+        optimized: the networks that get an optimizer each, by role (GANs:
+            ``{"discriminator": ..., "generator": ...}``); every one is built
+            from the run's optimizer name and hyper-parameters.
+        train_step: a task-defined training step (see :data:`TrainStep`);
+            needs ``optimized``.
+        measure: ``measure(model, part) -> {"loss": ..., "metric": ..., ...}`` for
+            ``part`` in ``"train"``, ``"valid"``, ``"test"``, instead of
+            :func:`evaluate` (called in eval mode without gradients); further
+            keys are diagnostics that go into the history rows.
+        info: facts about the built problem for ``RunResult.info`` (e.g. the
+            vocabulary size), or ``None``.
     """
 
     model: nn.Module
@@ -106,6 +143,13 @@ class Problem:
     optimum: float | None = None
     eval_batch_size: int = 1000
     valid: ArrayData | None = None
+    forward: Callable[[nn.Module, Tensor], Tensor] | None = None
+    batch_order: Callable[[int, int, torch.Generator], Iterator[Tensor]] | None = None
+    clip_grad_norm: float | None = None
+    optimized: Mapping[str, nn.Module] | None = None
+    train_step: TrainStep | None = None
+    measure: Callable[[nn.Module, str], dict[str, float]] | None = None
+    info: Mapping[str, Any] | None = None
 
     def objective(self, model: nn.Module, outputs: Tensor, targets: Tensor | None) -> Tensor:
         """Mean batch loss plus the parameter penalty: what the optimizer minimises."""
@@ -153,13 +197,42 @@ def _metric(problem: Problem, result: Mapping[str, float]) -> float:
     return result["loss"]
 
 
+@torch.no_grad()
+def measure_part(problem: Problem, model: nn.Module, part: str) -> dict[str, float]:
+    """``problem.measure(model, part)`` in eval mode (the model's mode restored afterwards)."""
+    assert problem.measure is not None
+    was_training = model.training
+    model.eval()
+    try:
+        return problem.measure(model, part)
+    finally:
+        model.train(was_training)
+
+
 def evaluate_metrics(problem: Problem, model: nn.Module) -> dict[str, float]:
     """``valid_loss``, ``valid_metric``, ``test_loss`` and ``metric`` of ``model``.
 
     The validation numbers come from ``problem.valid``, or from the whole
     training set when the task has no held-out part; a data set that serves
     twice (the convex task tests on its training data) is evaluated once.
+    A task that measures itself (``problem.measure``) adds its diagnostics:
+    the test part's under their own names, the validation part's with a
+    ``valid_`` prefix.
     """
+    if problem.measure is not None:
+        valid = measure_part(problem, model, "valid")
+        test = measure_part(problem, model, "test")
+        extras = {key: value for key, value in test.items() if key not in ("loss", "metric")}
+        extras.update(
+            {f"valid_{key}": value for key, value in valid.items() if key not in ("loss", "metric")}
+        )
+        return {
+            "valid_loss": valid["loss"],
+            "valid_metric": valid["metric"],
+            "test_loss": test["loss"],
+            "metric": test["metric"],
+            **extras,
+        }
     valid_data = problem.train if problem.valid is None else problem.valid
     test = evaluate(problem, model, problem.test)
     valid = test if valid_data is problem.test else evaluate(problem, model, valid_data)
@@ -201,6 +274,16 @@ class Task:
             training data) or ``"train"`` (on the training objective); see
             :data:`VALIDATIONS`.
         builder: ``builder(seed, data_dir, options) -> Problem``.
+        schedule: the learning-rate schedule a run of this task uses when its
+            spec names none (``RunSpec.schedule`` left at ``"constant"``, its
+            default; see :func:`optlab.lab.train.resolve_schedule`).
+        distributed: whether ``--nproc`` / torchrun may train it (tasks with
+            their own training step, the GANs, run in one process).
+        default_seconds: measured wall time of one default run (task defaults,
+            Adam at its default learning rate, seed 0, one torch thread,
+            evaluations included) on the project's 2-core development machine
+            while other work shared it, ``None`` when not measured: a guide
+            to a study's cost, not a promise (the machine is shared and noisy).
     """
 
     name: str
@@ -215,6 +298,9 @@ class Task:
     options: Mapping[str, Any] = field(default_factory=dict)
     threads: int | None = 1
     validation: str = "held-out"
+    schedule: str = "constant"
+    distributed: bool = True
+    default_seconds: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
@@ -637,6 +723,35 @@ def _build_cifar(seed: int, data_dir: str | None, options: Mapping[str, Any]) ->
 
 
 # --------------------------------------------------------------------------
+# Language models and GANs (their code lives in text.py and gan.py)
+# --------------------------------------------------------------------------
+
+
+def _build_text_lstm(seed: int, data_dir: str | None, options: Mapping[str, Any]) -> Problem:
+    from .text import build_lstm
+
+    return build_lstm(seed, data_dir, options)
+
+
+def _build_text_transformer(seed: int, data_dir: str | None, options: Mapping[str, Any]) -> Problem:
+    from .text import build_transformer
+
+    return build_transformer(seed, data_dir, options)
+
+
+def _build_gan_ring(seed: int, data_dir: str | None, options: Mapping[str, Any]) -> Problem:
+    from .gan import build_ring
+
+    return build_ring(seed, data_dir, options)
+
+
+def _build_gan_digits(seed: int, data_dir: str | None, options: Mapping[str, Any]) -> Problem:
+    from .gan import build_digits
+
+    return build_digits(seed, data_dir, options)
+
+
+# --------------------------------------------------------------------------
 # The catalogue
 # --------------------------------------------------------------------------
 
@@ -692,6 +807,65 @@ _TASKS: tuple[Task, ...] = (
         target=90.0,
         builder=_build_quadratic,
         validation="train",
+    ),
+    Task(
+        "text-lstm",
+        "char LSTM LM on Python's pydoc_data text (or --data-dir files); bits per char",
+        epochs=4,
+        batch_size=32,
+        metric="bpc",
+        target=3.0,
+        builder=_build_text_lstm,
+        options={
+            "layers": 1,
+            "hidden": 128,
+            "embedding": 32,
+            "bptt": 64,
+            "clip": 0.25,
+            "level": "char",
+            "train_tokens": None,
+        },
+    ),
+    Task(
+        "text-transformer",
+        "pre-LN decoder-only Transformer on the same text; warmup-cosine; bits per char",
+        epochs=4,
+        batch_size=32,
+        metric="bpc",
+        target=3.0,
+        builder=_build_text_transformer,
+        options={
+            "layers": 2,
+            "width": 64,
+            "heads": 4,
+            "context": 64,
+            "clip": 1.0,
+            "level": "char",
+            "train_tokens": None,
+        },
+        schedule="warmup-cosine",
+    ),
+    Task(
+        "gan-ring",
+        "GAN, MLP G and D, on 8 Gaussians on a ring; sliced Wasserstein (+ modes, quality)",
+        epochs=200,
+        batch_size=256,
+        metric="swd",
+        target=0.1,
+        builder=_build_gan_ring,
+        options={"noise_dim": 16, "hidden": (128, 128)},
+        distributed=False,
+    ),
+    Task(
+        "gan-digits",
+        "DCGAN on scikit-learn's 8x8 digits; Fréchet distance in a digits classifier's features",
+        epochs=60,
+        batch_size=64,
+        metric="fid",
+        target=1.0,
+        builder=_build_gan_digits,
+        options={"noise_dim": 32, "channels": 32},
+        distributed=False,
     ),
     Task(
         "mnist-cnn",
