@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from optlab.lab.execution import one_thread
 from optlab.lab.spec import TUNERS, StudySpec, _hparam_names
 
 __all__ = ["validate_study"]
@@ -171,7 +172,10 @@ def _check_run_size(study: StudySpec, task_name: str) -> None:
             f"task {task_name} reads its data from files: give data_dir (--data-dir on "
             "the command line); see optlab tasks"
         )
-    problem = task.build(study.seeds[0], study.data_dir, study.task_options.get(task_name))
+    # One thread, as every run trains: what a task computes and caches while it is built
+    # (cancer-logreg's optimum by Newton's method) must not depend on who built it first.
+    with one_thread():
+        problem = task.build(study.seeds[0], study.data_dir, study.task_options.get(task_name))
     size = len(problem.train)
     batch_size = task.batch_size if study.batch_size is None else study.batch_size
     if problem.drop_last and batch_size > size:

@@ -16,7 +16,7 @@ from typing import Any
 from optlab.lab.runs import RunResult, RunSpec
 from optlab.lab.store import Store
 
-__all__ = ["Progress", "Runner", "Trainer", "execute"]
+__all__ = ["Progress", "Runner", "Trainer", "execute", "one_thread"]
 
 #: ``progress(stage, done, total, result)``: called in the parent after each run
 #: of a stage ("tune" or "final") is stored, and once with ``result=None`` when
@@ -32,7 +32,7 @@ def _set_one_thread() -> None:
 
 
 @contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
+def one_thread() -> Iterator[None]:
     import torch
 
     before = torch.get_num_threads()
@@ -82,7 +82,7 @@ class Runner:
         if self.jobs <= 1 or len(specs) == 1:
             trainer = self.trainer or _default_trainer
             for spec in specs:
-                with _one_thread():
+                with one_thread():
                     result = trainer(spec)
                 on_result(result)
             return

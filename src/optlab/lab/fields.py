@@ -87,12 +87,13 @@ def _schedules() -> list[str]:
     return list_schedules()
 
 
-def _assignment(text: str) -> tuple[str, Any]:
+def _assignment(text: str, *, dotted: bool = False) -> tuple[str, Any]:
+    """``name=value``; with ``dotted``, ``name`` may be ``TASK.NAME`` (task names hold
+    hyphens)."""
     name, sep, raw = text.partition("=")
     name = name.strip()
-    if not sep or not name or not raw.strip():
-        raise ValueError(f"expects name=value (e.g. eps=1e-8), got {text!r}")
-    if not all(part.isidentifier() for part in name.split(".", 1)):
+    option = name.rpartition(".")[2] if dotted else name
+    if not sep or not option.isidentifier() or not raw.strip():
         raise ValueError(f"expects name=value (e.g. eps=1e-8), got {text!r}")
     return name, parse_literal(name, raw)
 
@@ -158,7 +159,7 @@ def _task_options(value: Any) -> dict[str, dict[str, Any]]:
         return {task: _hparams(options) for task, options in value.items()}
     result: dict[str, dict[str, Any]] = {}
     for item in value:
-        name, parsed = _assignment(item)
+        name, parsed = _assignment(item, dotted=True)
         task, _, option = name.rpartition(".")
         result.setdefault(task, {})[option] = parsed
     return result
