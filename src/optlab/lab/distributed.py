@@ -50,7 +50,10 @@ local share, as in any plain DDP training, and random layers (dropout) draw
 different masks on different ranks; such runs are still correct DDP
 training but not equal to the 1-process run. The built-in tasks with plain
 MLPs, CNNs without normalisation, the linear and logistic models and the
-noisy quadratic match it.
+noisy quadratic match it. The LSTM language model keeps one carried state per
+rank for its share of the text streams (the shares never change within a
+run). Tasks with their own training step and several optimizers (the GANs,
+``Task.distributed`` false) are refused with a message saying so.
 """
 
 from __future__ import annotations
