@@ -44,22 +44,25 @@ _WORDS = {"true": True, "false": False, "none": None}
 
 
 def parse_literal(name: str, raw: str) -> Any:
-    """A hyper-parameter value: a number, True/False, None or a tuple such as (0.9,0.99)."""
+    """A hyper-parameter value: a number, True/False, None, a tuple such as (0.9,0.99), or a
+    word (``eps_mode=inside``, also quoted: ``eps_mode='inside'``)."""
     raw = raw.strip()
     if raw.lower() in _WORDS:
         return _WORDS[raw.lower()]
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", raw):
+        return raw
     try:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         raise ValueError(
-            f"value of {name} must be a Python literal (a number, True/False or a tuple such "
-            f"as (0.9,0.99)), got {raw!r}"
+            f"value of {name} must be a Python literal (a number, True/False, a word or a "
+            f"tuple such as (0.9,0.99)), got {raw!r}"
         ) from None
     if isinstance(value, list):
         value = tuple(value)
-    if not isinstance(value, (int, float, bool, tuple)) and value is not None:
+    if not isinstance(value, (int, float, bool, str, tuple)) and value is not None:
         raise ValueError(
-            f"value of {name} must be a number, True/False, None or a tuple, got {raw!r}"
+            f"value of {name} must be a number, True/False, None, a word or a tuple, got {raw!r}"
         )
     return value
 
