@@ -199,6 +199,7 @@ def plot_lr_sensitivity(
     log_metric: bool = False,
     column: str = "valid_metric",
     styles: dict[str, dict[str, Any]] | None = None,
+    connect: bool = True,
 ) -> Path:
     """The final value of ``column`` (what tuning selected on) against learning rate for
     every tuning run.
@@ -212,6 +213,8 @@ def plot_lr_sensitivity(
         log_metric: log scale for the metric.
         column: the history column plotted (default the selection metric).
         styles: label -> line style (:func:`arm_styles`).
+        connect: join an arm's points by lines; off when other hyper-parameters were
+            tuned too (neighbouring learning rates then differ in more than lr).
     """
     plt = _pyplot()
     styles = styles or {}
@@ -235,7 +238,8 @@ def plot_lr_sensitivity(
             else:
                 diverged.append((name, lr))
         finite_values.extend(values)
-        axis.plot(lrs, values, marker="o", markersize=3.5, label=name, **style)
+        line = style if connect else {**style, "linestyle": "none"}
+        axis.plot(lrs, values, marker="o", markersize=3.5 if connect else 5, label=name, **line)
         if chosen_lr is not None and chosen_lr in lrs:
             axis.plot(
                 [chosen_lr],
@@ -270,7 +274,8 @@ def plot_lr_sensitivity(
     axis.set_ylabel(label + (" (log scale)" if axis.get_yscale() == "log" else ""))
     axis.grid(True, which="major", alpha=0.3)
     axis.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    axis.set_title(f"{title}: learning-rate sensitivity (one seed per point)")
+    note = "one seed per point" + ("" if connect else "; other tuned values vary")
+    axis.set_title(f"{title}: learning-rate sensitivity ({note})")
     return _save(figure, path)
 
 
@@ -285,6 +290,8 @@ def plot_profiles(
     """Performance profiles: per panel ``(caption, ratios[task][arm])``, the fraction of
     tasks on which each arm is within a factor tau of the best, tau on a log axis from 1
     to beyond the largest finite ratio (at least ``r_max``, marked)."""
+    from matplotlib.ticker import NullFormatter
+
     plt = _pyplot()
     figure, axes = plt.subplots(
         1, len(panels), figsize=(7 * len(panels), 4.8), layout="constrained"
@@ -303,6 +310,9 @@ def plot_profiles(
         axis.axvline(r_max, color="gray", linewidth=0.8, linestyle=":")
         axis.set_xscale("log")
         axis.set_xlim(1.0, top)
+        ticks = [t for t in (1, 1.25, 1.5, 2, 3, 4, 6, 10, 20, 50, 100) if t <= top]
+        axis.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        axis.xaxis.set_minor_formatter(NullFormatter())
         axis.set_ylim(-0.02, 1.02)
         axis.set_xlabel("tau: within this factor of the best arm's cost (log scale)")
         axis.set_ylabel(f"fraction of the {len(tasks)} tasks")

@@ -163,6 +163,7 @@ def write_report(root: str | os.PathLike[str]) -> Report:
                 higher_is_better=facts.higher_is_better,
                 log_metric=facts.metric == "gap",
                 styles=styles,
+                connect=all(len(outcome.study.space(o.arm)) == 1 for o in task.arms),
             )
             images.append(("Learning-rate sensitivity", path))
         report.files.extend(path for _, path in images)
