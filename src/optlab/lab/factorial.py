@@ -204,9 +204,9 @@ def verdicts(result: FactorialResult) -> list[str]:
                 f"{_interval_text(eps_part)} ({_judged(eps_part)}), the belief term by "
                 f"{_interval_text(belief)} ({_judged(belief)})."
             )
-    for factor, parts, what in (
-        ("moment", result.moment, "the belief input instead of g²"),
-        ("eps", result.eps, "the eps placement"),
+    for parts, what in (
+        (result.moment, "the belief input instead of g²"),
+        (result.eps, "the eps placement"),
     ):
         for part in parts.values():
             lines.append(
