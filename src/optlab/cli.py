@@ -19,6 +19,7 @@ __all__ = ["CommandLineError", "OneLineParser", "main"]
 COMMAND_MODULES: tuple[str, ...] = (
     "optlab.cli_list",
     "optlab.cli_lab",
+    "optlab.cli_ablate",
     "optlab.cli_trajectories",
     "optlab.cli_speed",
 )

@@ -253,3 +253,37 @@ def test_a_study_json_of_the_single_task_format_still_reads():
     assert study.tasks == ("digits-mlp",) and [a.label for a in study.arms] == ["adam", "sgd"]
     assert study.tune[0].grid() == (0.001, 0.01)
     assert not math.isnan(study.budget(study.arms[0]))
+
+
+# ------------------------------------------------------------------ shipped studies
+
+
+def test_the_shipped_studies_read_and_give_every_cell_the_same_budget():
+    from optlab.cli_ablate import list_studies, study_path
+    from optlab.lab.factorial import cell_of
+    from optlab.lab.tasks import get_task
+
+    assert "belief-eps" in list_studies()
+    for quick in (False, True):
+        study = load_toml(study_path("belief-eps", quick))
+        for task in study.tasks:
+            get_task(task)  # every task exists
+        cells = {cell_of(arm.optimizer, arm.hparams) for arm in study.arms}
+        assert len(cells) == 6 and None not in cells  # the whole 2 x 3 layout
+        assert len({study.budget(arm) for arm in study.arms}) == 1
+        assert all({d.name for d in study.space(arm)} == {"lr", "eps"} for arm in study.arms)
+    full = load_toml(study_path("belief-eps"))
+    assert len(full.seeds) >= 5
+    assert {"digits-cnn", "text-lstm", "text-transformer", "gan-ring", "gan-digits"} <= set(
+        full.tasks
+    )
+    assert full.tasks[1] in ("cancer-logreg", "quadratic-deep")
+
+
+def test_ablate_lists_the_shipped_studies_and_refuses_an_unknown_one(capsys):
+    from optlab.cli import main
+
+    assert main(["ablate", "--list"]) == 0
+    assert "belief-eps" in capsys.readouterr().out
+    assert main(["ablate", "nope"]) == 2
+    assert "unknown study 'nope'; shipped studies: belief-eps" in capsys.readouterr().err

@@ -55,16 +55,19 @@ ADABELIEF_CELL = ("belief", "accumulated")
 
 
 def cell_of(optimizer: str, hparams: Mapping[str, Any]) -> tuple[str, str] | None:
-    """The (moment, eps) cell an arm trains, from its optimizer's options; ``None`` for an
-    optimizer outside the factorial (an arm of another optimizer, or rectified)."""
+    """The (moment, eps) cell an arm trains, from its optimizer's options
+    (:class:`optlab.optim.belief_eps.BeliefEps`: ``second_moment`` ``grad_sq`` or
+    ``belief``, ``eps_mode``); ``None`` for an optimizer outside the factorial (an arm of
+    another optimizer, or a rectified cell)."""
     from optlab.optim.registry import get_spec
 
     try:
         values = {**get_spec(optimizer).defaults(), **dict(hparams)}
     except ValueError:
         return None
-    moment, eps = values.get("moment"), values.get("eps_mode")
-    if moment not in MOMENT_LEVELS or eps not in EPS_LEVELS or values.get("rectify"):
+    moment = {"grad_sq": "g2", "belief": "belief"}.get(values.get("second_moment"))
+    eps = values.get("eps_mode")
+    if moment is None or eps not in EPS_LEVELS or values.get("rectify"):
         return None
     return moment, eps
 

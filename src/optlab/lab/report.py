@@ -186,6 +186,14 @@ def write_report(root: str | os.PathLike[str]) -> Report:
         )
         report.files.append(profile)
         sections.append(_across_section(cross, profile, report.root))
+    factorial = _factorial(outcome, rows_by_task)
+    if factorial:
+        from optlab.lab.factorial import format_factorial, verdicts
+
+        report.tables["factorial"] = "belief / eps factorial:\n" + "\n".join(
+            f"- {sentence}" for result in factorial for sentence in verdicts(result)
+        )
+        sections.append(_factorial_section(factorial, format_factorial))
     used = {r.spec.key() for o in outcome.arm_outcomes() for r in (*o.runs, *o.tuning)}
     markdown = _markdown(report, study, study_data, sections, len(store), len(used))
     atomic_write_text(report.report_path, markdown)
@@ -323,6 +331,43 @@ def _across_section(cross: Any, profile: Path, root: Path) -> str:
         "",
         f"![Performance profiles]({profile.relative_to(root).as_posix()})",
         "",
+    ]
+    return "\n".join(lines)
+
+
+def _factorial(outcome: StudyOutcome, rows_by_task: Mapping[str, Sequence[SummaryRow]]) -> list:
+    """The factorial analysis per task when at least four arms are cells of it."""
+    from optlab.lab.factorial import analyze_task, cell_of
+
+    cells = {
+        arm.label: cell
+        for arm in outcome.study.arms
+        if (cell := cell_of(arm.optimizer, arm.hparams)) is not None
+    }
+    if len(set(cells.values())) < 4:
+        return []
+    results = []
+    for task, rows in rows_by_task.items():
+        if rows:
+            by_label = {row.arm: row.final_by_seed for row in rows}
+            results.append(
+                analyze_task(task, rows[0].metric, rows[0].higher_is_better, by_label, cells)
+            )
+    return results
+
+
+def _factorial_section(results: Sequence[Any], format_factorial: Any) -> str:
+    lines = [
+        "## Belief or eps: the factorial",
+        "",
+        "Contrasts of the cells' final test metric over the paired seeds, oriented so that "
+        "+ is an improvement, with 95 % t intervals (per task and contrast, not corrected "
+        "across them). Main effect: the mean over the other factor's levels of the difference "
+        "of two levels; interaction: the difference of differences. AdaBelief's cell minus "
+        "Adam's splits exactly into EAdam - Adam (eps moved inside and accumulated) plus "
+        "AdaBelief - EAdam (the belief term). The sentences are generated from these numbers.",
+        "",
+        format_factorial(results),
     ]
     return "\n".join(lines)
 
