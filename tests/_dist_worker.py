@@ -41,6 +41,13 @@ LEARNING_RATES = {
     "yogi": 0.01,
     "eadam": 0.01,
     "adabelief": 0.01,
+    "belief-eps": 0.01,
+    "g2-outside": 0.01,
+    "g2-inside": 0.01,
+    "g2-accum": 0.01,
+    "belief-outside": 0.01,
+    "belief-inside": 0.01,
+    "belief-accum": 0.01,
 }
 
 IMPLEMENTATION_FLAGS = {

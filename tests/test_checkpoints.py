@@ -29,6 +29,8 @@ RICH_OPTIONS = {
     "adagrad": {"lr_decay": 0.01, "initial_accumulator_value": 0.1},
     "rmsprop": {"momentum": 0.5, "centered": True},
     "adam": {"weight_decay": 1e-3},
+    "belief-eps": {"amsgrad": True, "weight_decay": 1e-3},
+    "belief-accum": {"amsgrad": True, "weight_decay": 1e-3, "decoupled_weight_decay": True},
 }
 
 

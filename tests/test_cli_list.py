@@ -26,12 +26,16 @@ def _lines(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, str]:
     return {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
 
 
-def test_list_names_all_twelve_optimizers(capsys: pytest.CaptureFixture[str]) -> None:
+def test_list_names_every_optimizer_and_factorial_cell(capsys: pytest.CaptureFixture[str]) -> None:
     lines = _lines(capsys)
     assert list(lines) == [
         "sgd", "momentum", "nag", "adagrad", "adadelta", "rmsprop",
         "adam", "adamw", "amsgrad", "yogi", "eadam", "adabelief",
+        "belief-eps", "g2-outside", "g2-inside", "g2-accum",
+        "belief-outside", "belief-inside", "belief-accum",
     ]  # fmt: skip
+    assert "eps_mode=accumulated" in lines["belief-accum"]
+    assert "second_moment=belief" in lines["belief-accum"]
 
 
 @pytest.mark.parametrize("name", sorted(TORCH_COUNTERPARTS))

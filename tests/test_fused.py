@@ -55,10 +55,23 @@ OPTIONS = {
         "weight_decay": [0.0, 0.1],
         "maximize": [False, True],
     },
+    # Both factors (and eps_out) are runtime scalars: every cell runs on the same kernels.
+    "belief-eps": {
+        "second_moment": ["grad_sq", "belief"],
+        "eps_mode": ["outside", "inside", "accumulated"],
+        "amsgrad": [False, True],
+        "rectify": [False, True],
+        "decoupled_weight_decay": [False, True],
+        "weight_decay": [0.0, 0.01],
+        "maximize": [False, True],
+    },
 }
 
 
 def _valid(name: str, hparams: dict) -> bool:
+    # belief-eps refuses amsgrad with rectify (the rectified step ignores the maximum).
+    if hparams.get("amsgrad") and hparams.get("rectify") and name == "belief-eps":
+        return False
     # torch.optim.SGD: Nesterov momentum requires a momentum and zero dampening.
     return not (hparams.get("nesterov") and (not hparams["momentum"] or hparams["dampening"]))
 

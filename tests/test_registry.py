@@ -23,6 +23,13 @@ EXPECTED_NAMES = [
     "yogi",
     "eadam",
     "adabelief",
+    "belief-eps",
+    "g2-outside",
+    "g2-inside",
+    "g2-accum",
+    "belief-outside",
+    "belief-inside",
+    "belief-accum",
 ]
 
 #: registry name -> (optlab class name, the torch.optim class whose defaults it keeps, overrides)

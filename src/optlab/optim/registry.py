@@ -78,6 +78,12 @@ class OptimizerSpec:
         return values
 
 
+#: Where the factorial's cells come from: they are this project's ablation, not a paper's.
+_FACTORIAL = (
+    "optlab's ablation of Adam (Kingma & Ba, ICLR 2015), EAdam (Yuan & Gao, "
+    "arXiv:2011.02150) and AdaBelief (Zhuang et al., NeurIPS 2020, arXiv:2010.07468)"
+)
+
 _SPECS: tuple[OptimizerSpec, ...] = (
     OptimizerSpec(
         "sgd",
@@ -168,13 +174,72 @@ _SPECS: tuple[OptimizerSpec, ...] = (
         "Gradients, NeurIPS 2020, arXiv:2010.07468",
         "adabelief-pytorch 0.2.1",
     ),
+    # The belief / eps factorial (optlab's ablation): one class, one entry per cell.
+    OptimizerSpec(
+        "belief-eps",
+        "optlab.optim.belief_eps:BeliefEps",
+        "the belief / eps factorial: second moment g*g or (g-m)^2 x eps outside, inside "
+        "or accumulated (defaults: the Adam cell)",
+        _FACTORIAL,
+        "torch.optim.Adam 2.13 (the g*g, outside cell)",
+    ),
+    OptimizerSpec(
+        "g2-outside",
+        "optlab.optim.belief_eps:BeliefEps",
+        "factorial cell: g*g, eps outside the root (equals adam)",
+        _FACTORIAL,
+        "torch.optim.Adam 2.13 (eps=1e-8)",
+        {"second_moment": "grad_sq", "eps_mode": "outside", "eps": 1e-8},
+    ),
+    OptimizerSpec(
+        "g2-inside",
+        "optlab.optim.belief_eps:BeliefEps",
+        "factorial cell: g*g, eps inside the root, not stored",
+        _FACTORIAL,
+        "Adam's, eps=1e-16 (Adam's 1e-8 squared: the same floor of the denominator)",
+        {"second_moment": "grad_sq", "eps_mode": "inside", "eps": 1e-16},
+    ),
+    OptimizerSpec(
+        "g2-accum",
+        "optlab.optim.belief_eps:BeliefEps",
+        "factorial cell: g*g, eps accumulated in the state (equals eadam)",
+        _FACTORIAL,
+        "EAdam's paper (eps=1e-8)",
+        {"second_moment": "grad_sq", "eps_mode": "accumulated", "eps": 1e-8},
+    ),
+    OptimizerSpec(
+        "belief-outside",
+        "optlab.optim.belief_eps:BeliefEps",
+        "factorial cell: belief (g-m)^2, eps outside the root",
+        _FACTORIAL,
+        "Adam's (eps=1e-8 outside the root)",
+        {"second_moment": "belief", "eps_mode": "outside", "eps": 1e-8},
+    ),
+    OptimizerSpec(
+        "belief-inside",
+        "optlab.optim.belief_eps:BeliefEps",
+        "factorial cell: belief (g-m)^2, eps inside the root, not stored",
+        _FACTORIAL,
+        "Adam's, eps=1e-16 (Adam's 1e-8 squared: the same floor of the denominator)",
+        {"second_moment": "belief", "eps_mode": "inside", "eps": 1e-16},
+    ),
+    OptimizerSpec(
+        "belief-accum",
+        "optlab.optim.belief_eps:BeliefEps",
+        "factorial cell: belief (g-m)^2, eps accumulated in the state (adabelief with "
+        "rectify=False, without its outside eps)",
+        _FACTORIAL,
+        "adabelief-pytorch 0.2.1 (eps=1e-16), eps_out=0",
+        {"second_moment": "belief", "eps_mode": "accumulated", "eps": 1e-16},
+    ),
 )
 
 _BY_NAME: dict[str, OptimizerSpec] = {spec.name: spec for spec in _SPECS}
 
 
 def list_optimizers() -> list[str]:
-    """Registry names, in catalogue order (classic first, AdaBelief last)."""
+    """Registry names, in catalogue order (classic first, then the adaptive methods up to
+    AdaBelief, then the belief / eps factorial's cells)."""
     return [spec.name for spec in _SPECS]
 
 
