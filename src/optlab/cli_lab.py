@@ -202,7 +202,7 @@ def run_file(args: argparse.Namespace) -> int:
 
 
 def _run_with_session(args: argparse.Namespace, study: Any, source: Any) -> int:
-    session = _distributed_session(args)
+    session = _distributed_session(args, study)
     if session is not None and not session.is_driver:
         session.serve()  # trains what rank 0 sends; rank 0 alone writes and prints
         return 0
@@ -213,12 +213,19 @@ def _run_with_session(args: argparse.Namespace, study: Any, source: Any) -> int:
             session.close()
 
 
-def _distributed_session(args: argparse.Namespace) -> Any:
+def _distributed_session(args: argparse.Namespace, study: Any) -> Any:
     """``--nproc N`` or torchrun: the process group each run trains on (``None``: one process)."""
     from optlab.lab import distributed
+    from optlab.lab.tasks import get_task
 
     if args.nproc is None and not distributed.launched_by_torchrun():
         return None
+    single = [task for task in study.tasks if not getattr(get_task(task), "distributed", True)]
+    if single:
+        raise CommandLineError(
+            f"task {', '.join(single)} runs in one process (its networks step in turn); "
+            "drop --nproc / torchrun, or use --jobs N to run several runs at once"
+        )
     if args.jobs not in (None, 1):
         raise CommandLineError(
             f"--jobs {args.jobs} cannot be combined with --nproc or torchrun: each run "

@@ -287,3 +287,50 @@ def test_ablate_lists_the_shipped_studies_and_refuses_an_unknown_one(capsys):
     assert "belief-eps" in capsys.readouterr().out
     assert main(["ablate", "nope"]) == 2
     assert "unknown study 'nope'; shipped studies: belief-eps" in capsys.readouterr().err
+
+
+# ------------------------------------------------------- per-task recipes, schedules
+
+
+def test_a_task_recipe_reaches_the_arms_that_have_it_and_an_arms_own_value_wins():
+    study = _parse(
+        ["--task", "gan-ring,cancer-logreg", "--arm", "adam", "--arm", "sgd",
+         "--arm", "b9=adam:betas=(0.9,0.99)", "--task-set", "gan-ring.betas=(0.5,0.999)",
+         "--lr", "0.001"]
+    )  # fmt: skip
+    adam, sgd, b9 = study.arms
+    assert study.fixed(adam, "gan-ring") == {"lr": 0.001, "betas": (0.5, 0.999)}
+    assert study.fixed(adam, "cancer-logreg") == {"lr": 0.001}
+    assert study.fixed(sgd, "gan-ring") == {"lr": 0.001}  # SGD has no betas
+    assert study.fixed(b9, "gan-ring")["betas"] == (0.9, 0.99)
+    (spec,) = study.final_specs("gan-ring", adam, study.fixed(adam, "gan-ring"))[:1]
+    assert spec.hparams["betas"] == (0.5, 0.999)
+    command = compare_command(study, "out")
+    assert _parse(shlex.split(command)[2:-2]) == study
+
+
+def test_a_recipe_for_a_task_outside_the_study_or_a_name_no_arm_has_is_refused():
+    with pytest.raises(ValueError, match="task_hparams names gan-ring, which is not a task"):
+        validate_study(StudySpec("cancer-logreg", ("adam",), task_hparams={"gan-ring": {"lr": 1}}))
+    with pytest.raises(ValueError, match="no arm's optimizer has a hyper-parameter 'momentum'"):
+        validate_study(
+            StudySpec("cancer-logreg", ("adam",), task_hparams={"cancer-logreg": {"momentum": 0.9}})
+        )
+
+
+def test_each_task_runs_its_own_default_schedule_unless_the_study_names_one():
+    default = StudySpec(("text-transformer", "digits-mlp"), ("adam",))
+    (arm,) = default.arms
+    assert default.run_spec("text-transformer", arm, {}, 0).schedule == "warmup-cosine"
+    assert default.run_spec("digits-mlp", arm, {}, 0).schedule == "constant"
+    constant = StudySpec(("text-transformer",), ("adam",), schedule="constant")
+    assert constant.run_spec("text-transformer", arm, {}, 0).schedule == "constant"
+
+
+def test_nproc_on_a_gan_task_is_refused_before_any_process_starts(tmp_path, capsys):
+    from optlab.cli import main
+
+    argv = ["compare", "--task", "gan-ring", "--optimizers", "adam", "--nproc", "2"]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    assert "runs in one process" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

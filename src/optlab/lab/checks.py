@@ -75,7 +75,7 @@ def validate_study(study: StudySpec) -> StudySpec:
     for name, value in (("epochs", study.epochs), ("batch_size", study.batch_size)):
         if value is not None and not _is_int(value, 1):
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if study.schedule not in list_schedules():
+    if study.schedule is not None and study.schedule not in list_schedules():
         raise ValueError(
             f"unknown schedule {study.schedule!r}; valid schedules: {', '.join(list_schedules())}"
         )
@@ -94,6 +94,17 @@ def validate_study(study: StudySpec) -> StudySpec:
                 f"tune {dim.name}: no arm's optimizer has a hyper-parameter {dim.name!r} "
                 f"({', '.join(sorted({arm.optimizer for arm in study.arms}))})"
             )
+    for task, recipe in study.task_hparams.items():
+        if task not in study.tasks:
+            raise ValueError(
+                f"task_hparams names {task}, which is not a task of this study "
+                f"({', '.join(study.tasks)})"
+            )
+        for name in recipe:
+            if not any(name in (_hparam_names(arm.optimizer) or ()) for arm in study.arms):
+                raise ValueError(
+                    f"task_hparams {task}.{name}: no arm's optimizer has a hyper-parameter {name!r}"
+                )
     arms = []
     for arm in study.arms:
         spec = get_spec(arm.optimizer)  # ValueError listing the valid names
@@ -102,41 +113,51 @@ def validate_study(study: StudySpec) -> StudySpec:
         if len(set(own)) != len(own):
             raise ValueError(f"arm {arm.label}: tunes a hyper-parameter twice")
         space = study.space(arm)
-        fixed = study.fixed(arm)
-        valid = spec.hparam_names()
-        for name in [*fixed, *(dim.name for dim in space)]:
-            if name not in valid:
-                raise ValueError(
-                    f"arm {arm.label}: optimizer {spec.name!r} has no hyper-parameter "
-                    f"{name!r}; valid: {', '.join(valid)}"
-                )
-        for dim in space:
-            dim.check()
-            if dim.name in fixed:
-                raise ValueError(
-                    f"arm {arm.label}: {dim.name} is both fixed ({dim.name}="
-                    f"{fixed[dim.name]!r}) and tuned; give one of them"
-                )
-            if study.tuner == "optuna" and dim.values and len(dim.values) < 2:
-                raise ValueError(
-                    f"arm {arm.label}: the optuna tuner needs a range for {dim.name} (two "
-                    f"different values), got {dim.text()}"
-                )
-        corners = (
-            [{}]
-            if not space
-            else [
-                {dim.name: dim.bounds[0] for dim in space},
-                {dim.name: dim.bounds[1] for dim in space},
-            ]
-        )
-        for corner in corners:
-            _probe_optimizer(arm.label, spec.name, {**fixed, **corner})
+        settings = []
+        for task in study.tasks:
+            if study.fixed(arm, task) not in settings:
+                settings.append(study.fixed(arm, task))
+        for fixed in settings:
+            _check_arm(study, arm, spec, space, fixed)
         arms.append(arm)
     study = replace(study, arms=tuple(arms))
     for task in study.tasks:
         _check_run_size(study, task)
     return study
+
+
+def _check_arm(study: StudySpec, arm: Any, spec: Any, space: Any, fixed: dict[str, Any]) -> None:
+    """One arm with one task's fixed hyper-parameters: names, ranges, and a probe step at
+    the corners of its search space."""
+    valid = spec.hparam_names()
+    for name in [*fixed, *(dim.name for dim in space)]:
+        if name not in valid:
+            raise ValueError(
+                f"arm {arm.label}: optimizer {spec.name!r} has no hyper-parameter "
+                f"{name!r}; valid: {', '.join(valid)}"
+            )
+    for dim in space:
+        dim.check()
+        if dim.name in fixed:
+            raise ValueError(
+                f"arm {arm.label}: {dim.name} is both fixed ({dim.name}="
+                f"{fixed[dim.name]!r}) and tuned; give one of them"
+            )
+        if study.tuner == "optuna" and dim.values and len(dim.values) < 2:
+            raise ValueError(
+                f"arm {arm.label}: the optuna tuner needs a range for {dim.name} (two "
+                f"different values), got {dim.text()}"
+            )
+    corners = (
+        [{}]
+        if not space
+        else [
+            {dim.name: dim.bounds[0] for dim in space},
+            {dim.name: dim.bounds[1] for dim in space},
+        ]
+    )
+    for corner in corners:
+        _probe_optimizer(arm.label, spec.name, {**fixed, **corner})
 
 
 def _probe_optimizer(label: str, name: str, hparams: Mapping[str, Any]) -> None:

@@ -318,7 +318,8 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "schedule",
         "--schedule",
-        "learning-rate schedule (default constant)",
+        "learning-rate schedule (default: each task's, constant but for the Transformer's "
+        "warmup-cosine)",
         _choice(_schedules),
         "NAME",
         to_cli=lambda v: ["--schedule", v],
@@ -346,6 +347,23 @@ FIELDS: tuple[Field, ...] = (
             for t, o in v.items()
             for k, x in o.items()
             for p in ("--task-option", f"{t}.{k}={_literal(x)}")
+        ],
+        to_toml=_plain,
+    ),
+    Field(
+        "task_hparams",
+        "--task-set",
+        "fix a hyper-parameter on one task for every arm whose optimizer has it, "
+        "TASK.NAME=VALUE (repeatable), e.g. a GAN recipe: --task-set "
+        "'gan-ring.betas=(0.5,0.999)'; an arm's own value wins",
+        _task_options,
+        "SET",
+        repeat=True,
+        to_cli=lambda v: [
+            p
+            for t, o in v.items()
+            for k, x in o.items()
+            for p in ("--task-set", f"{t}.{k}={_literal(x)}")
         ],
         to_toml=_plain,
     ),

@@ -211,7 +211,8 @@ def _setup_line(study: StudySpec, task: TaskOutcome, facts: TaskFacts) -> str:
     else:
         epochs = {r.info.get("epochs") for r in _all_runs(task) if r.info.get("epochs")}
         items.append(f"epochs {epochs.pop() if len(epochs) == 1 else 'of the task'} (task default)")
-    items.append(f"schedule {study.schedule}")
+    schedule = study.schedule_of(task.task)
+    items.append(f"schedule {schedule}" + (" (task default)" if study.schedule is None else ""))
     if study.task_options.get(task.task):
         options = ", ".join(
             f"{k}={tables.format_value(v)}" for k, v in study.task_options[task.task].items()
@@ -220,6 +221,11 @@ def _setup_line(study: StudySpec, task: TaskOutcome, facts: TaskFacts) -> str:
     if study.hparams:
         fixed = ", ".join(f"{k}={tables.format_value(v)}" for k, v in study.hparams.items())
         items.append(f"fixed for every arm: {fixed}")
+    if study.task_hparams.get(task.task):
+        recipe = ", ".join(
+            f"{k}={tables.format_value(v)}" for k, v in study.task_hparams[task.task].items()
+        )
+        items.append(f"fixed on this task for the arms that have them: {recipe}")
     selection = facts.selection
     tuned = [o for o in task.arms if study.tuned(o.arm)]
     if tuned:
@@ -307,7 +313,7 @@ def _task_section(
                 hparams = ", ".join(
                     f"{k}={tables.format_value(v)}"
                     for k, v in run.spec.hparams.items()
-                    if k not in study.fixed(o.arm)
+                    if k not in study.fixed(o.arm, task.task)
                 )
                 diverged[run.spec.key()] = f"{o.label} {hparams} seed {run.spec.seed}".replace(
                     "  ", " "

@@ -45,7 +45,8 @@ class RunSpec:
         seed: seeds model initialisation and data order.
         epochs: number of epochs; ``None`` means the task's default.
         schedule: learning-rate schedule by name: ``constant``, ``step``,
-            ``cosine`` or ``warmup-cosine``.
+            ``cosine`` or ``warmup-cosine``; ``None`` means the task's default
+            (constant for most, warmup-cosine for the Transformer).
         batch_size: ``None`` means the task's default.
         data_dir: directory of file-backed tasks' data (MNIST, CIFAR-10).
         task_options: extra task settings (kept for forward compatibility).
@@ -56,7 +57,7 @@ class RunSpec:
     hparams: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 0
     epochs: int | None = None
-    schedule: str = "constant"
+    schedule: str | None = None
     batch_size: int | None = None
     data_dir: str | None = None
     task_options: Mapping[str, Any] = field(default_factory=dict)

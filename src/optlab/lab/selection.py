@@ -185,7 +185,7 @@ def arm_outcome(
     """The choice and the final runs of ``arm`` on ``task``, given its tuning runs."""
     budget = study.budget(arm)
     if not study.tuned(arm):
-        hparams: dict[str, Any] | None = study.fixed(arm)
+        hparams: dict[str, Any] | None = study.fixed(arm, task)
         note = ""
     elif tuning_missing:
         hparams, note = None, f"tuning incomplete ({tuning_missing} runs missing)"

@@ -99,10 +99,14 @@ class StudySpec:
         hparams: hyper-parameters fixed for every arm (an arm's own win).
         seeds: the seeds of the final runs; tuning uses the first.
         epochs: epochs per run; ``None`` means each task's default.
-        schedule: learning-rate schedule name.
+        schedule: learning-rate schedule name; ``None`` means each task's default
+            (named explicitly in every run, so a run's key says which it used).
         batch_size: ``None`` means each task's default.
         data_dir: data of file-backed tasks.
         task_options: per task name, options that override the task's defaults.
+        task_hparams: per task name, hyper-parameters fixed for every arm on that task
+            whose optimizer takes them (a task's recipe, e.g. GAN betas (0.5, 0.999));
+            an arm's own values win.
         tune: search dimensions tuned for every arm (an arm's own ``tune`` replaces
             the dimension of the same name).
         tuner: ``"grid"`` (every point of the Cartesian grid) or ``"optuna"`` (TPE).
@@ -114,10 +118,11 @@ class StudySpec:
     hparams: Mapping[str, Any] = field(default_factory=dict)
     seeds: tuple[int, ...] = (0, 1, 2)
     epochs: int | None = None
-    schedule: str = "constant"
+    schedule: str | None = None
     batch_size: int | None = None
     data_dir: str | None = None
     task_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    task_hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     tune: tuple[Dim, ...] = ()
     tuner: str = "grid"
     trials: int = 20
@@ -136,11 +141,10 @@ class StudySpec:
             self, "tune", tuple(Dim.parse(d) if isinstance(d, str) else d for d in tune)
         )
         object.__setattr__(self, "hparams", _frozen(self.hparams))
-        object.__setattr__(
-            self,
-            "task_options",
-            MappingProxyType({k: _frozen(v) for k, v in sorted(self.task_options.items())}),
-        )
+        for name in ("task_options", "task_hparams"):
+            per_task = getattr(self, name)
+            frozen = MappingProxyType({k: _frozen(v) for k, v in sorted(per_task.items())})
+            object.__setattr__(self, name, frozen)
 
     # ------------------------------------------------------------------ per arm
 
@@ -161,9 +165,14 @@ class StudySpec:
     def tuned(self, arm: Arm) -> bool:
         return bool(self.space(arm))
 
-    def fixed(self, arm: Arm) -> dict[str, Any]:
-        """The arm's fixed hyper-parameters: the study's, the arm's on top."""
-        return {**self.hparams, **arm.hparams}
+    def fixed(self, arm: Arm, task: str | None = None) -> dict[str, Any]:
+        """The arm's fixed hyper-parameters: the study's, then ``task``'s recipe (those
+        the arm's optimizer takes), the arm's own on top."""
+        recipe = dict(self.task_hparams.get(task, {})) if task is not None else {}
+        takes = _hparam_names(arm.optimizer)
+        if takes is not None:
+            recipe = {name: value for name, value in recipe.items() if name in takes}
+        return {**self.hparams, **recipe, **arm.hparams}
 
     def budget(self, arm: Arm) -> int:
         """Tuning runs per task: the grid's size, or the Optuna trials (0 when untuned)."""
@@ -174,6 +183,17 @@ class StudySpec:
             return self.trials
         return math.prod(len(dim.grid()) for dim in space)
 
+    def schedule_of(self, task: str) -> str:
+        """The schedule runs of ``task`` use: the study's, else the task's default."""
+        if self.schedule is not None:
+            return self.schedule
+        from optlab.lab.tasks import get_task
+
+        try:
+            return get_task(task).schedule
+        except ValueError:  # a task this optlab does not know (records read back)
+            return "constant"
+
     def run_spec(self, task: str, arm: Arm, hparams: Mapping[str, Any], seed: int) -> RunSpec:
         return RunSpec(
             task=task,
@@ -181,7 +201,7 @@ class StudySpec:
             hparams=hparams,
             seed=seed,
             epochs=self.epochs,
-            schedule=self.schedule,
+            schedule=self.schedule_of(task),
             batch_size=self.batch_size,
             data_dir=self.data_dir,
             task_options=self.task_options.get(task, {}),
@@ -201,7 +221,7 @@ class StudySpec:
 
     def grid_specs(self, task: str, arm: Arm) -> list[RunSpec]:
         """The tuning grid of ``arm`` on ``task`` (first seed), smallest values first."""
-        fixed = self.fixed(arm)
+        fixed = self.fixed(arm, task)
         return [
             self.run_spec(task, arm, {**fixed, **point}, self.seeds[0])
             for point in self.grid_points(arm)
@@ -224,6 +244,16 @@ class StudySpec:
                 task: {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
                 for task, options in self.task_options.items()
             },
+            **(
+                {
+                    "task_hparams": {
+                        task: {k: list(v) if isinstance(v, tuple) else v for k, v in hp.items()}
+                        for task, hp in self.task_hparams.items()
+                    }
+                }
+                if self.task_hparams
+                else {}
+            ),
             "tune": [dim.text() for dim in self.tune],
             "tuner": self.tuner,
             "trials": self.trials,
@@ -244,10 +274,11 @@ class StudySpec:
             hparams=tuples(data.get("hparams")),
             seeds=tuple(data.get("seeds", (0, 1, 2))),
             epochs=data.get("epochs"),
-            schedule=data.get("schedule", "constant"),
+            schedule=data.get("schedule"),
             batch_size=data.get("batch_size"),
             data_dir=data.get("data_dir"),
             task_options={t: tuples(o) for t, o in (data.get("task_options") or {}).items()},
+            task_hparams={t: tuples(h) for t, h in (data.get("task_hparams") or {}).items()},
             tune=tuple(Dim.parse(text) for text in data.get("tune") or ()),
             tuner=data.get("tuner", "grid"),
             trials=data.get("trials", 20),

@@ -33,6 +33,8 @@ A study file (all keys optional; unknown keys are refused)::
     weight_decay = 0.0
     [task_options.digits-mlp]
     hidden = [128]
+    [task_hparams.gan-ring]                    # fixed on one task, for arms that have it
+    betas = [0.5, 0.999]
 
 A bad file gives one line: the file, the key and its line, the value and what
 is allowed (:class:`StudyFileError`).
@@ -109,15 +111,18 @@ def study_from_values(given: Mapping[str, Any]) -> StudySpec:
             names = [f.flag for f in FIELDS if f.field == target and f.name in given]
             raise ValueError(f"{' and '.join(names)} exclude each other; give one of them")
     tasks = values.get("tasks", ("digits-mlp",))
-    task_options = values.get("task_options", {})
-    if "" in task_options:
-        if len(tasks) != 1:
-            raise ValueError(
-                "a task option without a task name needs exactly one task; write TASK.NAME=VALUE"
-            )
-        task_options = dict(task_options)
-        untargeted = task_options.pop("")
-        task_options[tasks[0]] = {**untargeted, **task_options.get(tasks[0], {})}
+    per_task = {}
+    for name in ("task_options", "task_hparams"):
+        table = dict(values.get(name, {}))
+        if "" in table:
+            if len(tasks) != 1:
+                raise ValueError(
+                    f"{name}: a setting without a task name needs exactly one task; write "
+                    "TASK.NAME=VALUE"
+                )
+            untargeted = table.pop("")
+            table[tasks[0]] = {**untargeted, **table.get(tasks[0], {})}
+        per_task[name] = table
     arms = values.get("arms", arms_from_optimizers(CORE_OPTIMIZERS))
     hparams = values.get("hparams", {})
     if "tune" in values:
@@ -131,10 +136,11 @@ def study_from_values(given: Mapping[str, Any]) -> StudySpec:
         hparams=hparams,
         seeds=values.get("seeds", (0, 1, 2)),
         epochs=values.get("epochs"),
-        schedule=values.get("schedule", "constant"),
+        schedule=values.get("schedule"),
         batch_size=values.get("batch_size"),
         data_dir=values.get("data_dir"),
-        task_options=task_options,
+        task_options=per_task["task_options"],
+        task_hparams=per_task["task_hparams"],
         tune=tune,
         tuner=values.get("tuner", "grid"),
         trials=values.get("trials", 20),

@@ -306,7 +306,7 @@ def summarize_task(study: Any, task: TaskOutcome, alpha: float = ALPHA) -> list[
         row = summarize_runs(
             task.task,
             o.optimizer,
-            o.hparams if o.hparams is not None else study.fixed(o.arm),
+            o.hparams if o.hparams is not None else study.fixed(o.arm, task.task),
             o.runs,
             target=facts.target,
             metric=facts.metric,

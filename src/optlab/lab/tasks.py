@@ -275,8 +275,8 @@ class Task:
             :data:`VALIDATIONS`.
         builder: ``builder(seed, data_dir, options) -> Problem``.
         schedule: the learning-rate schedule a run of this task uses when its
-            spec names none (``RunSpec.schedule`` left at ``"constant"``, its
-            default; see :func:`optlab.lab.train.resolve_schedule`).
+            spec names none (``RunSpec.schedule`` left at ``None``; see
+            :func:`optlab.lab.train.resolve_schedule`).
         distributed: whether ``--nproc`` / torchrun may train it (tasks with
             their own training step, the GANs, run in one process).
         default_seconds: measured wall time of one default run (task defaults,

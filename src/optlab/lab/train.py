@@ -179,15 +179,11 @@ def _json_safe(value: Any) -> Any:
     return repr(value)
 
 
-def resolve_schedule(task: Task, schedule: str) -> str:
-    """The schedule a run of ``task`` uses when its spec says ``schedule``.
-
-    ``RunSpec.schedule`` defaults to ``"constant"``, which cannot be told from
-    an explicit choice, so ``"constant"`` means the task's own default
-    (``Task.schedule``: ``warmup-cosine`` for the Transformer); any other name
-    is used as given.
-    """
-    return task.schedule if schedule == "constant" else schedule
+def resolve_schedule(task: Task, schedule: str | None) -> str:
+    """The schedule a run of ``task`` uses when its spec says ``schedule``: the task's
+    own default (``Task.schedule``: ``warmup-cosine`` for the Transformer) for ``None``,
+    any name as given (so ``"constant"`` is constant on every task)."""
+    return task.schedule if schedule is None else schedule
 
 
 # --------------------------------------------------------------------------

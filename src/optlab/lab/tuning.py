@@ -64,7 +64,7 @@ def tune_grid(study: StudySpec, store: Store, runner: Runner, progress: Progress
 def _optuna_name(study: StudySpec, task: str, arm: Arm) -> str:
     # Everything that shapes the objective, but not the number of trials: asking
     # for more trials later continues the same Optuna study.
-    basis = study.run_spec(task, arm, study.fixed(arm), study.seeds[0]).to_dict()
+    basis = study.run_spec(task, arm, study.fixed(arm, task), study.seeds[0]).to_dict()
     basis["space"] = [dim.text() for dim in study.space(arm)]
     digest = hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:12]
     return f"{task}/{arm.optimizer}/{digest}"
@@ -100,7 +100,7 @@ def _trials(study: StudySpec, store: Store, task: str, arm: Arm) -> list[Any]:
 
 
 def _trial_spec(study: StudySpec, task: str, arm: Arm, params: Mapping[str, float]) -> RunSpec:
-    return study.run_spec(task, arm, {**study.fixed(arm), **params}, study.seeds[0])
+    return study.run_spec(task, arm, {**study.fixed(arm, task), **params}, study.seeds[0])
 
 
 def _optuna_results(
