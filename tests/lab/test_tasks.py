@@ -297,3 +297,21 @@ def test_quadratic_test_loss_falls_well_below_its_start_with_adam():
 def test_file_backed_tasks_without_a_data_dir_say_what_to_do(task):
     with pytest.raises(FileNotFoundError, match="no data directory was given.*--data-dir"):
         train(RunSpec(task, "adam", epochs=1), progress=False)
+
+
+def test_the_logistic_optimum_does_not_depend_on_the_thread_count():
+    # The gap of every cancer-logreg run is measured against this cached value, so it must
+    # be the same whichever process (and thread count) computed it first.
+    from optlab.lab import tasks
+
+    before = torch.get_num_threads()
+    try:
+        values = []
+        for threads in (1, 2):
+            tasks._logistic_solution.cache_clear()
+            torch.set_num_threads(threads)
+            values.append(tasks._logistic_solution(1e-2))
+    finally:
+        torch.set_num_threads(before)
+        tasks._logistic_solution.cache_clear()
+    assert values[0] == values[1]
