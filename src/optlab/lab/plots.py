@@ -36,6 +36,7 @@ __all__ = [
     "plot_curves",
     "plot_lr_sensitivity",
     "plot_profiles",
+    "plot_step_sizes",
 ]
 
 
@@ -322,6 +323,49 @@ def plot_profiles(
     if handles:
         figure.legend(handles, labels, loc="outside right center", frameon=False)
     figure.suptitle(f"{title}: performance profiles (Dolan & Moré 2002)")
+    return _save(figure, path)
+
+
+def plot_step_sizes(
+    groups: Sequence[tuple[str, Sequence[RunResult]]],
+    path: str | Path,
+    *,
+    title: str,
+    styles: dict[str, dict[str, Any]],
+) -> Path:
+    """The diagnostics of :mod:`optlab.lab.diagnostics` against epochs, mean over seeds:
+    the median per-coordinate step size with its 5-95 % range, the spread log10(q95/q05)
+    (0 for SGD with momentum, one step size for all), and the share of coordinates whose
+    denominator eps dominates."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 3, figsize=(17, 4.8), layout="constrained")
+    for name, runs in groups:
+        style = styles.get(name) or optimizer_style(name)
+        epochs, median, _ = curve_band(runs, "step_q50")
+        if not np.any(np.isfinite(median)):
+            continue
+        _, low, _ = curve_band(runs, "step_q05")
+        _, high, _ = curve_band(runs, "step_q95")
+        axes[0].plot(epochs, median, label=name, **style)
+        axes[0].fill_between(epochs, low, high, color=style["color"], alpha=0.12, linewidth=0)
+        _, spread, _ = curve_band(runs, "step_spread")
+        axes[1].plot(epochs, spread, **style)
+        _, share, _ = curve_band(runs, "eps_dominant")
+        axes[2].plot(epochs, share, **style)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("per-coordinate step size: median, 5-95 % (log scale)")
+    axes[1].axhline(0.0, color="gray", linewidth=1.0, linestyle=":")
+    axes[1].text(0.01, 0.02, "SGD with momentum: 0", transform=axes[1].transAxes, color="gray")
+    axes[1].set_ylabel("spread: log10(q95 / q05)")
+    axes[2].set_ylabel("share of coordinates where eps dominates")
+    axes[2].set_ylim(-0.02, 1.02)
+    for axis in axes:
+        axis.set_xlabel("epoch")
+        axis.grid(True, which="major", alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="outside right center", frameon=False)
+    figure.suptitle(f"{title}: effective step sizes of the chosen settings (mean over seeds)")
     return _save(figure, path)
 
 

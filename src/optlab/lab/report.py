@@ -113,6 +113,10 @@ def _outcome_from_records(results: Sequence[RunResult]) -> StudyOutcome:
     return StudyOutcome(study, task_outcomes)
 
 
+def _has_step_sizes(runs: Sequence[RunResult]) -> bool:
+    return any("step_q50" in row for run in runs for row in run.history)
+
+
 def _all_runs(task: TaskOutcome) -> list[RunResult]:
     return [run for o in task.arms for run in (*o.runs, *o.tuning)]
 
@@ -166,6 +170,12 @@ def write_report(root: str | os.PathLike[str]) -> Report:
                 connect=all(len(outcome.study.space(o.arm)) == 1 for o in task.arms),
             )
             images.append(("Learning-rate sensitivity", path))
+        stepped = [(label, runs) for label, runs in groups if _has_step_sizes(runs)]
+        if stepped:
+            path = plots.plot_step_sizes(
+                stepped, plot_dir / f"{task.task}-step-sizes.png", title=task.task, styles=styles
+            )
+            images.append(("Effective step sizes", path))
         report.files.extend(path for _, path in images)
         sections.append(_task_section(outcome.study, task, rows, images, facts, report.root))
     csv_path = tables.write_summary_csv(report.rows, report.root / "summary.csv")

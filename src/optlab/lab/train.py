@@ -71,6 +71,7 @@ import torch
 from torch import Tensor, nn
 
 from ..optim import create_optimizer
+from .diagnostics import step_size_row
 from .runs import RunResult, RunSpec
 from .schedules import make_schedule
 from .tasks import Problem, Task, evaluate, evaluate_metrics, get_task, measure_part
@@ -384,6 +385,7 @@ class TrainingRun:
                 "metric": metrics["metric"],
                 "wall_time": train_seconds,
                 **{key: value for key, value in metrics.items() if key not in _EVALUATED},
+                **step_size_row(self.optimizers),
             }
             history.append(row)
             reporter.row(row, done=not finite(row) or self.steps_done == self.total_steps)

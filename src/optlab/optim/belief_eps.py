@@ -487,3 +487,47 @@ class BeliefEps(OptlabOptimizer):
             maximize=group["maximize"],
             implementation=implementation,
         )
+
+    @torch.no_grad()
+    def effective_step_sizes(self) -> tuple[Tensor, Tensor]:
+        """Per coordinate of every parameter with state: the step size of the next update
+        and whether eps dominates its denominator (diagnostics; the state is not changed).
+
+        The step size is what multiplies ``m`` in the update, ``lr / bc1 / denom`` with the
+        state's own bias corrections (the rectification factor left out). eps "dominates"
+        where its share of the denominator exceeds the second moment's: outside,
+        ``eps > sqrt(v / bc2)``; inside, ``eps > v``; accumulated, where the stored eps,
+        ``eps * (1 - beta2^t) / (1 - beta2)`` after ``t`` steps, exceeds the moving average
+        of ``u`` it was added to. Returns two flat float64 and bool tensors (empty before
+        the first step).
+        """
+        sizes: list[Tensor] = []
+        dominated: list[Tensor] = []
+        for group in self.param_groups:
+            second, maximum = self._state_names(group)
+            beta1, beta2 = (float(beta) for beta in group["betas"])
+            lr, eps, eps_out = float(group["lr"]), float(group["eps"]), float(group["eps_out"])
+            for param in group["params"]:
+                state = self.state.get(param)
+                if not state or second not in state:
+                    continue
+                steps = float(state["step"])
+                if steps < 1:
+                    continue
+                bc1, bc2 = 1 - beta1**steps, 1 - beta2**steps
+                v = state[maximum if group["amsgrad"] else second]
+                v = torch.view_as_real(v) if v.is_complex() else v
+                v = v.detach().double().flatten()
+                if group["eps_mode"] == "outside":
+                    root = (v / bc2).sqrt()
+                    denom, eps_wins = root + eps, eps > root
+                elif group["eps_mode"] == "inside":
+                    denom, eps_wins = ((v + eps) / bc2).sqrt() + eps_out, eps > v
+                else:
+                    floor = eps * bc2 / (1 - beta2)
+                    denom, eps_wins = (v / bc2).sqrt() + eps_out, floor > v - floor
+                sizes.append(lr / bc1 / denom)
+                dominated.append(eps_wins)
+        if not sizes:
+            return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.bool)
+        return torch.cat(sizes), torch.cat(dominated)
