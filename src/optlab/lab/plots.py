@@ -74,15 +74,14 @@ def arm_styles(labels: Sequence[str]) -> dict[str, dict[str, Any]]:
     An arm labelled ``adabelief`` is thick and black; the others take tab10 colours
     (black never) with a solid line for the first ten, dashed for the next ten, then
     dotted and dash-dotted: up to 40 arms are told apart, 20 by colour and line
-    style with markers-free lines. When every label is a registry optimizer name,
-    each keeps its :func:`optimizer_style`, so a plain comparison looks as before.
+    style. When every label is one of the twelve core optimizers, each keeps its
+    :func:`optimizer_style`, so a plain comparison looks as it always did.
     """
     import matplotlib
 
-    from optlab.optim.registry import list_optimizers
+    from optlab.lab.spec import CORE_OPTIMIZERS
 
-    known = set(list_optimizers())
-    if all(label in known for label in labels):
+    if all(label in CORE_OPTIMIZERS for label in labels):
         return {label: optimizer_style(label) for label in labels}
     styles: dict[str, dict[str, Any]] = {}
     index = 0
