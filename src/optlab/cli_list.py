@@ -17,17 +17,20 @@ def run(args: argparse.Namespace) -> int:
     from optlab.optim.registry import get_spec, list_optimizers
 
     hidden = {"maximize", "foreach", "fused"}
-    for name in list_optimizers():
+    names = list_optimizers()
+    width = max(map(len, names))
+    classes = max(len(get_spec(name).cls.__name__) for name in names)
+    for name in names:
         spec = get_spec(name)
         defaults = ", ".join(
             f"{key}={_format(value)}"
             for key, value in spec.defaults().items()
             if key not in hidden and (args.all or (value is not False and value is not None))
         )
-        print(f"{name:<10} {spec.cls.__name__:<10} {defaults}")
+        print(f"{name:<{width}} {spec.cls.__name__:<{classes}} {defaults}")
         if args.verbose:
-            print(f"{'':<10} {spec.description}; defaults: {spec.defaults_source}")
-            print(f"{'':<10} paper: {spec.paper}")
+            print(f"{'':<{width}} {spec.description}; defaults: {spec.defaults_source}")
+            print(f"{'':<{width}} paper: {spec.paper}")
     return 0
 
 
