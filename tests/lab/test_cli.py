@@ -254,3 +254,15 @@ def test_missing_data_files_are_one_line_before_anything_is_written(tmp_path, ca
     assert main(argv) == 2
     assert "MNIST files missing" in one_line_error(capsys)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_study_file_is_one_line_and_exit_2_before_anything_is_written(tmp_path, capsys):
+    path = tmp_path / "study.toml"
+    path.write_text('tasks = ["digits-mlp"]\narms = ["adam"]\nseeds = 3\nepoch = 2\n')
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    line = one_line_error(capsys)
+    assert "line 4: unknown key 'epoch'" in line and "valid keys:" in line
+    path.write_text('tasks = ["digits-mlp"]\narms = ["adam:eps~1..0.1"]\n')
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "tune eps: the range must have low < high" in one_line_error(capsys)
+    assert not (tmp_path / "out").exists()
