@@ -201,3 +201,33 @@ def test_compare_keeps_its_study_as_a_file_that_runs_the_same_study(tmp_path):
     before = sorted(p.name for p in (out / "runs").iterdir())
     assert main(["run", str(out / "study.toml"), "--out", str(out), "-q"]) == 0
     assert sorted(p.name for p in (out / "runs").iterdir()) == before
+
+
+def test_a_two_dimensional_grid_is_reported_with_its_budget_and_points(tmp_path):
+    def trainer(spec: RunSpec) -> RunResult:
+        lr, eps = spec.hparams["lr"], spec.hparams["eps"]
+        level = 0.9 - 0.02 * abs(math.log10(lr) + 2) - 0.001 * abs(math.log10(eps) + 8)
+        return planted_like(spec, level + NOISE[spec.seed])
+
+    study = StudySpec("digits-mlp", ("adam", "eadam"), seeds=(0, 1), epochs=2,
+                      tune=("lr=1e-3..1e-1:log:3", "eps=1e-12..1e-4:log:3"))  # fmt: skip
+    outcome = run_study(study, tmp_path, trainer=trainer)
+    for part in outcome.tasks[0].arms:
+        assert len(part.tuning) == 9 and part.hparams == {"lr": 0.01, "eps": 1e-8}
+    write_report(tmp_path)
+    markdown = (tmp_path / "report.md").read_text()
+    assert "lr in {0.001, 0.01, 0.1}, eps in {1e-12, 1e-08, 0.0001}; 9 runs per arm" in markdown
+    assert (tmp_path / "plots" / "digits-mlp-lr-sensitivity.png").is_file()
+
+
+def planted_like(spec: RunSpec, level: float) -> RunResult:
+    epochs = spec.epochs or 2
+    history = [
+        {
+            "epoch": float(e), "step": e, "examples": e, "lr": 0.1, "train_loss": 1.0,
+            "valid_loss": 1.0, "valid_metric": level * e / epochs, "test_loss": 1.0,
+            "metric": level * e / epochs, "wall_time": 0.5 * e,
+        }
+        for e in range(epochs + 1)
+    ]  # fmt: skip
+    return RunResult(spec, history, "accuracy", True, "ok", 0.5, {})

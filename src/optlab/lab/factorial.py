@@ -105,6 +105,8 @@ class FactorialResult:
     gain_eps: Part | None = None
     gain_belief: Part | None = None
     missing: list[tuple[str, str]] = field(default_factory=list)
+    #: The Adam cell's mean final metric (the scale the differences are read against).
+    adam_mean: float = math.nan
 
 
 def analyze_task(
@@ -129,6 +131,8 @@ def analyze_task(
         labels[cell] = label
         oriented[cell] = {seed: sign * value for seed, value in by_label.get(label, {}).items()}
     result = FactorialResult(task, metric, higher_is_better, labels)
+    adam = [value for value in by_label.get(labels.get(ADAM_CELL, ""), {}).values()]
+    result.adam_mean = sum(adam) / len(adam) if adam else math.nan
     layout = [(m, e) for m in MOMENT_LEVELS for e in EPS_LEVELS]
     result.missing = [cell for cell in layout if not oriented.get(cell)]
     present = {cell: values for cell, values in oriented.items() if values}
@@ -169,11 +173,20 @@ def _number(value: float) -> str:
     return "nan" if not math.isfinite(value) else f"{value:+.3g}"
 
 
-def _interval_text(part: Part) -> str:
+def _interval_text(part: Part, scale: float = math.nan) -> str:
+    """``+0.012 [+0.004, +0.02]``, and with ``scale`` (the Adam cell's mean) the mean as a
+    share of it, so a difference that is certain but tiny reads as tiny."""
     i = part.interval
+    relative = ""
+    if math.isfinite(scale) and scale != 0 and math.isfinite(i.mean):
+        relative = f" ({abs(i.mean / scale):.2%} of Adam's {_plain(scale)})"
     if not i.has_interval:
-        return f"{_number(i.mean)} (n={i.n}, no interval)"
-    return f"{_number(i.mean)} [{_number(i.low)}, {_number(i.high)}]"
+        return f"{_number(i.mean)} (n={i.n}, no interval){relative}"
+    return f"{_number(i.mean)} [{_number(i.low)}, {_number(i.high)}]{relative}"
+
+
+def _plain(value: float) -> str:
+    return f"{value:.4g}"
 
 
 def _judged(part: Part) -> str:
@@ -187,6 +200,7 @@ def verdicts(result: FactorialResult) -> list[str]:
     units = f"{result.metric} ({'higher' if result.higher_is_better else 'lower'} is better; "
     units += "differences oriented so that + is an improvement)"
     lines = []
+    scale = result.adam_mean
     if result.gain is not None:
         gain, eps_part, belief = result.gain, result.gain_eps, result.gain_belief
         assert eps_part is not None and belief is not None
@@ -194,18 +208,18 @@ def verdicts(result: FactorialResult) -> list[str]:
             share = eps_part.interval.mean / gain.interval.mean if gain.interval.mean else math.nan
             lines.append(
                 f"On {result.task}, AdaBelief's cell differs from Adam's by "
-                f"{_interval_text(gain)} in {units}; moving eps inside and accumulating it "
-                f"accounts for {_interval_text(eps_part)} ({share:.0%} of the difference, "
-                f"{_judged(eps_part)}), the belief term for {_interval_text(belief)} "
+                f"{_interval_text(gain, scale)} in {units}; moving eps inside and accumulating it "
+                f"accounts for {_interval_text(eps_part, scale)} ({share:.0%} of the difference, "
+                f"{_judged(eps_part)}), the belief term for {_interval_text(belief, scale)} "
                 f"({_judged(belief)})."
             )
         else:
             lines.append(
                 f"On {result.task}, AdaBelief's cell and Adam's are not told apart "
-                f"({_interval_text(gain)} in {units}, {_judged(gain)}): there is no gain to "
+                f"({_interval_text(gain, scale)} in {units}, {_judged(gain)}): there is no gain to "
                 f"explain; moving eps inside and accumulating it changes the metric by "
-                f"{_interval_text(eps_part)} ({_judged(eps_part)}), the belief term by "
-                f"{_interval_text(belief)} ({_judged(belief)})."
+                f"{_interval_text(eps_part, scale)} ({_judged(eps_part)}), the belief term by "
+                f"{_interval_text(belief, scale)} ({_judged(belief)})."
             )
     for parts, what in (
         (result.moment, "the belief input instead of g²"),
@@ -214,7 +228,7 @@ def verdicts(result: FactorialResult) -> list[str]:
         for part in parts.values():
             lines.append(
                 f"On {result.task}, main effect of {what} ({part.name}, averaged over the other "
-                f"factor): {_interval_text(part)}, {_judged(part)}."
+                f"factor): {_interval_text(part, scale)}, {_judged(part)}."
             )
     distinguishable = [p for p in result.interaction.values() if p.distinguishable]
     if result.interaction:

@@ -223,7 +223,8 @@ def plot_lr_sensitivity(
     diverged: list[tuple[str, float]] = []
     for name, runs, chosen_lr in groups:
         points = sorted(
-            (float(run.spec.hparams["lr"]), run) for run in runs if "lr" in run.spec.hparams
+            ((float(run.spec.hparams["lr"]), run) for run in runs if "lr" in run.spec.hparams),
+            key=lambda point: point[0],  # several runs share an lr when more was tuned
         )
         if not points:
             continue
