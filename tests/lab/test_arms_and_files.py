@@ -230,6 +230,14 @@ def test_the_default_tunes_lr_unless_a_learning_rate_is_fixed():
     assert _parse(["--tune", "none"]).tune == ()
 
 
+def test_lr_grid_is_the_lr_dimension_of_tune():
+    assert _parse(["--tune", "lr", "--lr-grid", "1e-3,1e-2"]).tune == (
+        Dim("lr", values=(1e-3, 1e-2)),
+    )
+    study = _parse(["--tune", "eps=1e-8,1e-6", "--lr-grid", "1e-3,1e-2"])
+    assert [d.name for d in study.tune] == ["eps", "lr"]
+
+
 def test_optimizers_and_arms_together_keep_both():
     study = _parse(["--optimizers", "adam,sgd", "--arm", "adam-e16=adam:eps=1e-16"])
     assert [arm.label for arm in study.arms] == ["adam", "sgd", "adam-e16"]

@@ -43,7 +43,7 @@ def one_line_error(capsys) -> str:
         (["compare", "--tune", "momentum"], "tune momentum needs a range"),
         (["compare", "--tune", "lr=1..0.1"], "the range must have low < high"),
         (["compare", "--schedule", "sometimes"], "invalid choice: 'sometimes'"),
-        (["compare", "--lr-grid", "1e-3,1e-2", "--tune", "lr"], "exclude each other"),
+        (["compare", "--lr-grid", "1e-3", "--tune", "lr=1e-3..1"], "both give the lr range"),
         (["compare", "--task", "digits-mlp", "--suite", "small"], "exclude each other"),
         (["compare", "--suite", "tiny"], "unknown suite 'tiny'"),
         (["compare", "--arm", "adam", "--arm", "adam"], "arm labels must be unique"),

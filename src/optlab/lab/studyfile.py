@@ -90,8 +90,9 @@ def study_from_values(given: Mapping[str, Any]) -> StudySpec:
 
     Two spellings of one field (``--arm`` with ``--optimizers``: both kept, the
     shorthand's first; ``--set`` with ``--lr``: merged, a conflict is an error;
-    ``--task`` with ``--suite``: an error) are combined here, so every spelling
-    obeys the same rules.
+    ``--tune`` with ``--lr-grid``: the grid is the lr dimension, replacing a bare
+    ``--tune lr``, a conflict with another lr range is an error; ``--task`` with
+    ``--suite``: an error) are combined here, so every spelling obeys the same rules.
     """
     values: dict[str, Any] = {}
     for spelling in FIELDS:
@@ -102,6 +103,14 @@ def study_from_values(given: Mapping[str, Any]) -> StudySpec:
             values[target] = value
         elif target == "arms":
             values[target] = tuple(value) + tuple(values[target])
+        elif target == "tune":
+            bare_lr = Dim.parse("lr")
+            lr = [dim for dim in values[target] if dim.name == "lr"]
+            if lr and lr[0] != bare_lr:
+                raise ValueError(
+                    f"--tune {lr[0].text()} and --lr-grid both give the lr range; give one"
+                )
+            values[target] = tuple(d for d in values[target] if d.name != "lr") + tuple(value)
         elif target == "hparams":
             for name, item in value.items():
                 if name in values[target] and values[target][name] != item:
