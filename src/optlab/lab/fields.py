@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from optlab.lab.runs import _plain
 from optlab.lab.spec import (
     SUITES,
     TUNERS,
@@ -227,12 +228,18 @@ def _literal(value: Any) -> str:
     return repr(value)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+def _per_task_flags(flag: str) -> Callable[[Mapping[str, Mapping[str, Any]]], list[str]]:
+    """``--task-option`` / ``--task-set`` items spelling back a per-task table."""
+
+    def spell(table: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        return [
+            part
+            for task, settings in table.items()
+            for name, value in settings.items()
+            for part in (flag, f"{task}.{name}={_literal(value)}")
+        ]
+
+    return spell
 
 
 FIELDS: tuple[Field, ...] = (
@@ -342,12 +349,7 @@ FIELDS: tuple[Field, ...] = (
         _task_options,
         "OPT",
         repeat=True,
-        to_cli=lambda v: [
-            p
-            for t, o in v.items()
-            for k, x in o.items()
-            for p in ("--task-option", f"{t}.{k}={_literal(x)}")
-        ],
+        to_cli=_per_task_flags("--task-option"),
         to_toml=_plain,
     ),
     Field(
@@ -359,12 +361,7 @@ FIELDS: tuple[Field, ...] = (
         _task_options,
         "SET",
         repeat=True,
-        to_cli=lambda v: [
-            p
-            for t, o in v.items()
-            for k, x in o.items()
-            for p in ("--task-set", f"{t}.{k}={_literal(x)}")
-        ],
+        to_cli=_per_task_flags("--task-set"),
         to_toml=_plain,
     ),
     Field(
