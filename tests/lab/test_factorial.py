@@ -101,3 +101,9 @@ def test_the_verdicts_are_calibrated_over_many_synthetic_studies():
     )
     assert 0.015 <= false / studies <= 0.09
     assert found / studies >= 0.95
+
+
+def test_one_seed_is_not_read_as_no_effect():
+    data = {label: {0: seeds[0]} for label, seeds in synthetic({"accumulated": 0.05}, {}).items()}
+    (sentence,) = verdicts(analyze_task("t", "accuracy", True, data, CELLS))
+    assert "rest on 1 paired seed: nothing can be judged yet" in sentence

@@ -201,6 +201,15 @@ def verdicts(result: FactorialResult) -> list[str]:
     units += "differences oriented so that + is an improvement)"
     lines = []
     scale = result.adam_mean
+    parts = [result.gain, *result.moment.values(), *result.eps.values()]
+    tested = [part for part in parts if part is not None]
+    if tested and not any(part.interval.has_interval for part in tested):
+        seeds = max(part.comparison.n for part in tested)
+        return [
+            f"On {result.task}, the contrasts rest on {seeds} paired seed"
+            f"{'s' if seeds != 1 else ''}: nothing can be judged yet (no interval with "
+            "fewer than two)."
+        ]
     if result.gain is not None:
         gain, eps_part, belief = result.gain, result.gain_eps, result.gain_belief
         assert eps_part is not None and belief is not None
