@@ -60,3 +60,25 @@ def test_a_run_of_a_cell_records_the_diagnostics_and_other_optimizers_do_not():
     assert all("step_q50" in row and "eps_dominant" in row for row in cell.history[1:])
     adam = train(RunSpec("cancer-logreg", "adam", {"lr": 0.01}, epochs=2), threads=1)
     assert not any("step_q50" in row for row in adam.history)
+
+
+def test_a_run_with_several_optimizers_gets_one_step_size_figure_per_network(tmp_path):
+    from optlab.lab.report import write_report
+    from optlab.lab.runs import RunResult
+    from optlab.lab.store import Store
+
+    store = Store.open(tmp_path)
+    for seed in range(2):
+        spec = RunSpec("gan-ring", "g2-outside", {"lr": 1e-3}, seed=seed, epochs=2)
+        history = [
+            {"epoch": float(e), "step": e, "examples": e, "lr": 1e-3, "train_loss": 1.0,
+             "valid_loss": 1.0, "valid_metric": 0.5, "test_loss": 1.0, "metric": 0.5,
+             "wall_time": e, **{f"{role}.{key}": 1e-3 * (k + 1) for role in ("generator",
+             "discriminator") for k, key in enumerate(("step_q05", "step_q50", "step_q95"))},
+             "generator.step_spread": 1.0, "generator.eps_dominant": 0.0}
+            for e in range(3)
+        ]  # fmt: skip
+        store.put(RunResult(spec, history, "swd", False, "ok", 1.0, {}))
+    write_report(tmp_path)
+    names = sorted(p.name for p in (tmp_path / "plots").glob("*step-sizes*"))
+    assert names == ["gan-ring-step-sizes-discriminator.png", "gan-ring-step-sizes-generator.png"]

@@ -332,8 +332,10 @@ def plot_step_sizes(
     *,
     title: str,
     styles: dict[str, dict[str, Any]],
+    prefix: str = "",
 ) -> Path:
-    """The diagnostics of :mod:`optlab.lab.diagnostics` against epochs, mean over seeds:
+    """The diagnostics of :mod:`optlab.lab.diagnostics` against epochs, mean over seeds
+    (``prefix``: a network's role, ``"generator."``, in runs with several optimizers):
     the median per-coordinate step size with its 5-95 % range, the spread log10(q95/q05)
     (0 for SGD with momentum, one step size for all), and the share of coordinates whose
     denominator eps dominates."""
@@ -341,16 +343,16 @@ def plot_step_sizes(
     figure, axes = plt.subplots(1, 3, figsize=(17, 4.8), layout="constrained")
     for name, runs in groups:
         style = styles.get(name) or optimizer_style(name)
-        epochs, median, _ = curve_band(runs, "step_q50")
+        epochs, median, _ = curve_band(runs, prefix + "step_q50")
         if not np.any(np.isfinite(median)):
             continue
-        _, low, _ = curve_band(runs, "step_q05")
-        _, high, _ = curve_band(runs, "step_q95")
+        _, low, _ = curve_band(runs, prefix + "step_q05")
+        _, high, _ = curve_band(runs, prefix + "step_q95")
         axes[0].plot(epochs, median, label=name, **style)
         axes[0].fill_between(epochs, low, high, color=style["color"], alpha=0.12, linewidth=0)
-        _, spread, _ = curve_band(runs, "step_spread")
+        _, spread, _ = curve_band(runs, prefix + "step_spread")
         axes[1].plot(epochs, spread, **style)
-        _, share, _ = curve_band(runs, "eps_dominant")
+        _, share, _ = curve_band(runs, prefix + "eps_dominant")
         axes[2].plot(epochs, share, **style)
     axes[0].set_yscale("log")
     axes[0].set_ylabel("per-coordinate step size: median, 5-95 % (log scale)")
@@ -365,7 +367,8 @@ def plot_step_sizes(
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         figure.legend(handles, labels, loc="outside right center", frameon=False)
-    figure.suptitle(f"{title}: effective step sizes of the chosen settings (mean over seeds)")
+    role = f" of the {prefix.rstrip('.')}" if prefix else ""
+    figure.suptitle(f"{title}: effective step sizes{role} at the chosen settings (mean over seeds)")
     return _save(figure, path)
 
 

@@ -113,8 +113,20 @@ def _outcome_from_records(results: Sequence[RunResult]) -> StudyOutcome:
     return StudyOutcome(study, task_outcomes)
 
 
-def _has_step_sizes(runs: Sequence[RunResult]) -> bool:
-    return any("step_q50" in row for run in runs for row in run.history)
+def _has_step_sizes(runs: Sequence[RunResult], prefix: str = "") -> bool:
+    return any(prefix + "step_q50" in row for run in runs for row in run.history)
+
+
+def _step_size_prefixes(groups: Sequence[tuple[str, Sequence[RunResult]]]) -> list[str]:
+    """The step-size diagnostics the runs recorded: ``""`` for one optimizer, else each
+    network's role prefix (``"generator."``), in order of appearance."""
+    found: dict[str, None] = {}
+    for _, runs in groups:
+        for run in runs:
+            for key in run.history[-1] if run.history else ():
+                if key.endswith("step_q50"):
+                    found[key[: -len("step_q50")]] = None
+    return list(found)
 
 
 def _all_runs(task: TaskOutcome) -> list[RunResult]:
@@ -170,12 +182,14 @@ def write_report(root: str | os.PathLike[str]) -> Report:
                 connect=all(len(outcome.study.space(o.arm)) == 1 for o in task.arms),
             )
             images.append(("Learning-rate sensitivity", path))
-        stepped = [(label, runs) for label, runs in groups if _has_step_sizes(runs)]
-        if stepped:
+        for prefix in _step_size_prefixes(groups):
+            stepped = [(label, runs) for label, runs in groups if _has_step_sizes(runs, prefix)]
+            name = f"{task.task}-step-sizes{'-' + prefix.rstrip('.') if prefix else ''}.png"
             path = plots.plot_step_sizes(
-                stepped, plot_dir / f"{task.task}-step-sizes.png", title=task.task, styles=styles
+                stepped, plot_dir / name, title=task.task, styles=styles, prefix=prefix
             )
-            images.append(("Effective step sizes", path))
+            role = f" ({prefix.rstrip('.')})" if prefix else ""
+            images.append((f"Effective step sizes{role}", path))
         report.files.extend(path for _, path in images)
         sections.append(_task_section(outcome.study, task, rows, images, facts, report.root))
     csv_path = tables.write_summary_csv(report.rows, report.root / "summary.csv")
