@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=(
             "examples:\n"
             "  optlab ablate --list\n"
-            "  optlab ablate belief-eps --quick           # a few minutes on 2 cores\n"
+            "  optlab ablate belief-eps --quick           # under 10 minutes on 2 cores\n"
             "  optlab ablate belief-eps --jobs 2          # the whole study (hours)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
