@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from optlab.lab.arms import _literal
 from optlab.lab.runs import _plain
 from optlab.lab.spec import (
     SUITES,
@@ -220,12 +221,6 @@ class Field:
     @property
     def field(self) -> str:
         return self.target or self.name
-
-
-def _literal(value: Any) -> str:
-    if isinstance(value, (tuple, list)):
-        return "(" + ",".join(_literal(v) for v in value) + ("," if len(value) == 1 else "") + ")"
-    return repr(value)
 
 
 def _per_task_flags(flag: str) -> Callable[[Mapping[str, Mapping[str, Any]]], list[str]]:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from optlab.lab import stats
 from optlab.lab.runs import RunResult
 from optlab.lab.store import finite
 
@@ -303,10 +304,11 @@ def plot_profiles(
         finite_ratios = [r for t in tasks for r in ratios[t].values() if math.isfinite(r)]
         top = max([r_max, *finite_ratios]) * 1.25
         for label, style in styles.items():
-            values = sorted(ratios[t].get(label, math.inf) for t in tasks)
-            steps = [r for r in values if math.isfinite(r)]
+            steps = sorted(r for t in tasks if math.isfinite(r := ratios[t].get(label, math.inf)))
             taus = [1.0, *steps, top]
-            fractions = [sum(r <= tau for r in values) / len(tasks) for tau in taus]
+            (fractions,) = stats.performance_profile(
+                {t: {label: ratios[t].get(label, math.inf)} for t in tasks}, taus
+            ).values()
             axis.step(taus, fractions, where="post", label=label, **style)
         axis.axvline(r_max, color="gray", linewidth=0.8, linestyle=":")
         axis.set_xscale("log")

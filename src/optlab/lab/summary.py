@@ -21,7 +21,6 @@ as good as the task's target.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -401,7 +400,3 @@ def across_tasks(rows: Mapping[str, Sequence[SummaryRow]], r_max: float = 4.0) -
         time_area=stats.profile_area(time_ratios, r_max),
         r_max=r_max,
     )
-
-
-def hparams_json(row: SummaryRow) -> str:
-    return json.dumps(row.hparams, sort_keys=True, default=list)
