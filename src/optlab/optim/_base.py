@@ -17,8 +17,14 @@ This module holds everything the shells have in common:
   ``load_state_dict`` leaves the optimizer as it was), older and foreign
   formats (a Python-int ``step``, options missing from the groups) filled in.
 
-A subclass declares its defaults, a ``_check_hparams`` that validates one
-group, ``_init_state`` and ``_update_group``; see :mod:`optlab.optim.adam`.
+A subclass holds its maths and little else: its constructor (the signature
+users see, passed on with :func:`hparams`), ``_check_hparams`` validating one
+group, ``_init_state``, its elementwise ``rule`` with the ``_scalars`` it
+takes per step, and, where a reference's order of operations must be
+followed, hand-written per-tensor and multi-tensor ``forms``. The base class
+dispatches between them (:meth:`OptlabOptimizer._update_group`) and applies
+``maximize`` and weight decay once for all (:mod:`optlab.optim._rules`); see
+:mod:`optlab.optim.yogi` for a complete module.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import _foreach_supported_types as _torch_foreach_supported_types
 
 from . import _fused
+from ._rules import derived_form, prepare_foreach, prepare_loop
 
 __all__ = [
     "OptlabOptimizer",
@@ -53,6 +60,7 @@ __all__ = [
     "check_nonnegative",
     "foreach_grads",
     "group_by_device_and_dtype",
+    "hparams",
     "loop_grad",
     "scalar",
 ]
@@ -254,6 +262,45 @@ _SHARED_STEPS_MIN = 8
 
 
 # --------------------------------------------------------------------------
+# What every constructor and docstring says alike.
+# --------------------------------------------------------------------------
+
+#: Docstring fragments: a class docstring's ``{common}`` / ``{torch_off}`` line
+#: becomes these arguments (indented as an ``Args:`` entry).
+DOC_FRAGMENTS = {
+    "{common}": (
+        "maximize: maximize the objective instead of minimizing it (default False).\n"
+        "foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.\n"
+        "fused: ``True`` one generated kernel call per bucket of tensors\n"
+        "    (:mod:`optlab.optim._fused`); ``None`` lets large groups use it (see there)."
+    ),
+    "{torch_off}": (
+        "capturable: accepted as ``False`` only (torch.optim's CUDA-graph capture).\n"
+        "differentiable: accepted as ``False`` only (torch.optim's autograd through the step)."
+    ),
+}
+
+
+def _expand_doc(doc: str) -> str:
+    for placeholder, text in DOC_FRAGMENTS.items():
+        at = doc.find(placeholder)
+        if at < 0:
+            continue
+        indent = doc[doc.rfind("\n", 0, at) + 1 : at]
+        doc = doc.replace(placeholder, text.replace("\n", "\n" + indent))
+    return doc
+
+
+def hparams(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """A constructor's ``locals()`` as the optimizer's defaults (all but ``self``, ``params``).
+
+    So a constructor is its signature (what users and ``help()`` see) and one
+    line: ``super().__init__(params, hparams(locals()))``.
+    """
+    return {k: v for k, v in arguments.items() if k not in ("self", "params", "__class__")}
+
+
+# --------------------------------------------------------------------------
 # The shell.
 # --------------------------------------------------------------------------
 
@@ -262,8 +309,23 @@ class OptlabOptimizer(Optimizer):
     """Base class of every optlab optimizer.
 
     Subclasses set the class attributes below and implement
-    :meth:`_check_hparams`, :meth:`_init_state` and :meth:`_update_group`.
+    :meth:`_check_hparams`, :meth:`_init_state`, :attr:`rule` and
+    :meth:`_scalars` (and :attr:`forms` where a reference's order of
+    operations must be followed).
     """
+
+    #: The update rule for one tensor, elementwise and in place (see
+    #: :mod:`optlab.optim._rules`): ``rule(param, grad, *states, scalars, **flags)``
+    #: with the states in :attr:`state_keys` order (``None`` for one the group's
+    #: options do not use). The fused kernel is generated from it; without a
+    #: hand-written form it also runs eagerly for ``foreach=True`` / ``False``.
+    rule: ClassVar[Callable[..., None] | None] = None
+    #: Hand-written eager forms, ``{"loop": f, "foreach": f}``, each
+    #: ``f(group, steps, params, grads, *states)``: ``steps`` the step counts
+    #: (floats, ``None`` for an optimizer without), ``grads`` with ``maximize``
+    #: and L2 applied and ``params`` with decoupled decay applied already; a
+    #: foreach form gets one device and dtype per call.
+    forms: ClassVar[Mapping[str, Callable[..., None]]] = MappingProxyType({})
 
     #: Every state key the optimizer may write besides ``"step"``.
     state_keys: ClassVar[tuple[str, ...]] = ()
@@ -279,6 +341,11 @@ class OptlabOptimizer(Optimizer):
     #: (``False``), so code and configs written for torch.optim that pass them
     #: explicitly run unchanged; what each would switch on is in :data:`_UNSUPPORTED`.
     torch_off_only: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__doc__:
+            cls.__doc__ = _expand_doc(cls.__doc__)
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         defaults.setdefault("maximize", False)
@@ -399,6 +466,29 @@ class OptlabOptimizer(Optimizer):
 
     # ----- the step ---------------------------------------------------------
 
+    def _scalars(self, group: Mapping[str, Any]) -> Callable[[Any], Sequence[float]]:
+        """From a step count (``None`` without steps) to :attr:`rule`'s own scalars.
+
+        Computed on the host in float64; the base class puts ``maximize`` and the
+        weight decay in front of them (:func:`optlab.optim._rules.prologue`).
+        """
+        raise NotImplementedError
+
+    def _flags(self, group: Mapping[str, Any]) -> dict[str, bool]:
+        """Static options of :attr:`rule` (each value its own fused kernel), e.g. ``amsgrad``."""
+        return {}
+
+    def _decay(self, group: Mapping[str, Any]) -> tuple[float, float]:
+        """``(l2, decay)``: the coupled coefficient and the decoupled factor (1.0 for none).
+
+        ``weight_decay`` is L2 unless the group has ``decoupled_weight_decay``
+        set, then ``p *= 1 - lr * weight_decay`` (torch.optim.AdamW's).
+        """
+        weight_decay = group.get("weight_decay", 0.0)
+        if weight_decay and group.get("decoupled_weight_decay", False):
+            return 0.0, scalar(1 - group["lr"] * weight_decay)
+        return weight_decay, 1.0
+
     def _update_group(
         self,
         group: dict[str, Any],
@@ -407,8 +497,39 @@ class OptlabOptimizer(Optimizer):
         states: list[dict[str, Any]],
         implementation: str,
     ) -> None:
-        """Apply the update rule to one group (params and grads already real views)."""
-        raise NotImplementedError
+        """Apply the update to one group (params and grads already real views).
+
+        ``"fused"`` runs the kernel generated from :attr:`rule`; ``"loop"`` and
+        ``"foreach"`` run the hand-written form in :attr:`forms`, else
+        :attr:`rule` eagerly per tensor.
+        """
+        used = self._group_state_keys(group)
+        real = self._real_states(states)
+        state_lists = [real[key] if key in used else None for key in self.state_keys]
+        steps = [state["step"].item() for state in states] if self.counts_steps else None
+        sign = -1.0 if group["maximize"] else 1.0
+        l2, decay = self._decay(group)
+        form = self.forms.get(implementation)
+        if form is None:
+            own = self._scalars(group)
+
+            def scalars(step: Any) -> tuple[float, ...]:
+                return (sign, l2, decay, *own(step))
+
+            run = _fused.fused_update if implementation == "fused" else derived_form
+            run(self.rule, [params, grads, *state_lists], scalars, steps, **self._flags(group))
+        elif implementation == "loop":
+            grads = [
+                prepare_loop(param, grad, sign=sign, l2=l2, decay=decay)
+                for param, grad in zip(params, grads, strict=True)
+            ]
+            form(group, steps, params, grads, *state_lists)
+        else:
+            for run_params, run_grads, run_steps, *run_states in group_by_device_and_dtype(
+                params, grads, steps, *state_lists
+            ):
+                run_grads = prepare_foreach(run_params, run_grads, sign=sign, l2=l2, decay=decay)
+                form(group, run_steps, run_params, run_grads, *run_states)
 
     def _implementation(self, group: Mapping[str, Any], params: list[Tensor]) -> str:
         if group.get("fused"):
