@@ -3,6 +3,7 @@
     >>> import optlab
     >>> opt = optlab.AdaBelief(model.parameters(), lr=1e-3)          # doctest: +SKIP
     >>> opt = optlab.create_optimizer(model, "adamw", lr=3e-4)        # doctest: +SKIP
+    >>> optlab.register_optimizer("lion", Lion)                       # doctest: +SKIP
 
 ``optlab.optim`` holds the optimizers (depends on torch only); ``optlab.lab``
 the tasks, studies, plots and reports (depends on optim, never the reverse).
@@ -13,7 +14,15 @@ from __future__ import annotations
 from typing import Any
 
 from . import optim
-from .optim import OptimizerSpec, create_optimizer, get_spec, list_optimizers, optimizer_class
+from .optim import (
+    OptimizerSpec,
+    create_optimizer,
+    get_spec,
+    list_optimizers,
+    optimizer_class,
+    register_optimizer,
+    unregister_optimizer,
+)
 
 __version__ = "0.1.0"
 
@@ -24,6 +33,8 @@ __all__ = [
     "get_spec",
     "list_optimizers",
     "optimizer_class",
+    "register_optimizer",
+    "unregister_optimizer",
     "__version__",
 ]
 

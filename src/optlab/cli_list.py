@@ -1,8 +1,15 @@
-"""``optlab list``: the optimizer catalogue with defaults and their sources."""
+"""``optlab list``: the optimizer catalogue with defaults and their sources.
+
+It lists optlab's own optimizers, then those of installed packages (the
+``optlab.optimizers`` entry points) and those registered in this process; an
+entry point that cannot be loaded is skipped with one line on stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 
 
 def _format(value: object) -> str:
@@ -14,10 +21,19 @@ def _format(value: object) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from optlab.optim.registry import get_spec, list_optimizers
+    from optlab.optim.registry import OptimizerEntryPointWarning, get_spec, list_optimizers
 
     hidden = {"maximize", "foreach", "fused"}
-    names = list_optimizers()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", OptimizerEntryPointWarning)
+        names = list_optimizers()
+    for warning in caught:
+        if issubclass(warning.category, OptimizerEntryPointWarning):
+            print(f"optlab list: {warning.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
     width = max(map(len, names))
     classes = max(len(get_spec(name).cls.__name__) for name in names)
     for name in names:
@@ -29,8 +45,15 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"{name:<{width}} {spec.cls.__name__:<{classes}} {defaults}")
         if args.verbose:
-            print(f"{'':<{width}} {spec.description}; defaults: {spec.defaults_source}")
-            print(f"{'':<{width}} paper: {spec.paper}")
+            about = [spec.description] if spec.description else []
+            if spec.defaults_source:
+                about.append(f"defaults: {spec.defaults_source}")
+            if about:
+                print(f"{'':<{width}} {'; '.join(about)}")
+            if spec.paper:
+                print(f"{'':<{width}} paper: {spec.paper}")
+            if not spec.builtin:
+                print(f"{'':<{width}} from: {spec.origin}")
     return 0
 
 

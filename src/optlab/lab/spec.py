@@ -25,6 +25,7 @@ from typing import Any
 
 from optlab.lab.arms import DEFAULT_LR_RANGE, Arm, Dim, _frozen, parse_literal
 from optlab.lab.runs import RunSpec
+from optlab.optim.registry import list_optimizers
 
 __all__ = [
     "CORE_OPTIMIZERS",
@@ -40,21 +41,10 @@ __all__ = [
     "parse_literal",
 ]
 
-#: The twelve optimizers of the default study, in catalogue order.
-CORE_OPTIMIZERS: tuple[str, ...] = (
-    "sgd",
-    "momentum",
-    "nag",
-    "adagrad",
-    "adadelta",
-    "rmsprop",
-    "adam",
-    "adamw",
-    "amsgrad",
-    "yogi",
-    "eadam",
-    "adabelief",
-)
+#: The twelve optimizers of the default study: optlab's own registry entries tagged
+#: ``core``, in catalogue order. Optimizers registered with ``tags=("core",)`` are listed
+#: by ``list_optimizers("core")`` but do not join the default study.
+CORE_OPTIMIZERS: tuple[str, ...] = tuple(list_optimizers("core", builtin_only=True))
 
 #: Learning rates of a half-decade grid over 1e-4 ... 10 (11 points): one absolute grid
 #: for every optimizer, as in DeepOBS, so that no method is favoured by where its grid

@@ -1,7 +1,9 @@
 """optlab's optimizers: one module per algorithm, one registry.
 
 Classes are imported on first access (``optlab.optim.AdaBelief``), by way of
-the registry, which is the one place that knows the catalogue.
+the registry, which is the one place that knows the catalogue; your own
+optimizers join it with :func:`register_optimizer` or an ``optlab.optimizers``
+entry point (see :mod:`optlab.optim.registry`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from .registry import (
     get_spec,
     list_optimizers,
     optimizer_class,
+    register_optimizer,
+    unregister_optimizer,
 )
 
-# Class name -> defining module, read off the registry's targets.
+# Class name -> defining module, read off the targets of optlab's own entries.
 _CLASSES: dict[str, str] = {}
 for _spec in _SPECS:
     _module, _, _class = _spec.target.partition(":")
@@ -32,6 +36,8 @@ __all__ = [
     "get_spec",
     "list_optimizers",
     "optimizer_class",
+    "register_optimizer",
+    "unregister_optimizer",
 ]
 
 
