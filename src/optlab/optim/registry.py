@@ -352,13 +352,19 @@ def _import_target(name: str, target: str) -> type[torch.optim.Optimizer]:
     return found
 
 
-def _check_class(name: str, target: Any, shown: str) -> None:
-    if not (isinstance(target, type) and issubclass(target, torch.optim.Optimizer)):
-        what = f"class {target.__qualname__}" if isinstance(target, type) else type(target).__name__
-        raise TypeError(
-            f"optimizer {name!r}: its target {shown} is {what}, not a subclass of "
-            "torch.optim.Optimizer"
-        )
+def _check_class(name: str, target: Any, text: str | None = None) -> None:
+    """``TypeError`` unless ``target`` (named ``text`` in the registration) is an Optimizer class."""
+    if isinstance(target, type) and issubclass(target, torch.optim.Optimizer):
+        return
+    if isinstance(target, type):
+        what = f"class {target.__qualname__}"
+    else:
+        what = f"a {type(target).__name__} object"
+    hint = " (give the class, not an instance)" if isinstance(target, torch.optim.Optimizer) else ""
+    raise TypeError(
+        f"optimizer {name!r}: its target {f'{text} ' if text else ''}is {what}, not a "
+        f"torch.optim.Optimizer subclass{hint}"
+    )
 
 
 def _validated(spec: OptimizerSpec, origin: str) -> OptimizerSpec:
@@ -389,7 +395,7 @@ def _validated(spec: OptimizerSpec, origin: str) -> OptimizerSpec:
             return dataclasses.replace(spec, origin=origin)
         cls = _import_target(spec.name, spec.target)
     else:
-        _check_class(spec.name, spec.target, repr(spec.target))
+        _check_class(spec.name, spec.target)
         cls = spec.target
     spec = dataclasses.replace(spec, origin=origin)
     accepted = spec.hparam_names()
@@ -449,7 +455,7 @@ def _load_entry_point(entry_point: importlib.metadata.EntryPoint) -> None:
 
     def skip(error: Exception) -> None:
         warnings.warn(
-            f"optlab skipped the {where}: {type(error).__name__}: {error}",
+            f"skipped the {ENTRY_POINT_GROUP} {where}: {type(error).__name__}: {error}",
             OptimizerEntryPointWarning,
             stacklevel=5,
         )
