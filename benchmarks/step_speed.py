@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import importlib
 import inspect
@@ -56,28 +57,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REGIMES = {"large": (64, 262_144), "small": (500, 4096)}
-OPTLAB_NAMES = (
-    "sgd", "momentum", "nag", "adagrad", "adadelta", "rmsprop",
-    "adam", "adamw", "amsgrad", "yogi", "eadam", "adabelief",
-)  # fmt: skip
+from optlab.optim.registry import list_optimizers
 
-#: Bytes read + written per fp32 parameter by one step: p and g read, p and
-#: every state tensor read and written.
-BYTES_PER_PARAM = {
-    "sgd": 12,  # p, g -> p
-    "momentum": 20,  # p, g, buf -> p, buf
-    "nag": 20,
-    "adagrad": 20,  # p, g, sum -> p, sum
-    "adadelta": 28,  # p, g, square_avg, acc_delta -> p, square_avg, acc_delta
-    "rmsprop": 20,  # p, g, square_avg -> p, square_avg
-    "adam": 28,  # p, g, m, v -> p, m, v
-    "adamw": 28,
-    "amsgrad": 36,  # + v_max read and written
-    "yogi": 28,
-    "eadam": 28,
-    "adabelief": 28,  # p, g, m, s -> p, m, s
-}
+REGIMES = {"large": (64, 262_144), "small": (500, 4096)}
+#: What is measured by default, and may be: optlab's own optimizers of the default study.
+OPTLAB_NAMES = tuple(list_optimizers("core", builtin_only=True))
+
+
+@functools.cache
+def step_bytes_per_param(name: str) -> int:
+    """Bytes one step of ``name`` must read and write per fp32 parameter: the gradient
+    read (4), the parameter read and written (8), and every state tensor the size of the
+    parameter read and written (8 each), counted off the state it keeps after one step
+    with its registry defaults (``step`` and other scalars aside)."""
+    import torch
+
+    from optlab.optim import create_optimizer
+
+    generator = torch.Generator().manual_seed(0)
+    param = torch.nn.Parameter(torch.randn(7, generator=generator))
+    param.grad = torch.randn(7, generator=generator)
+    optimizer = create_optimizer([param], name)
+    optimizer.step()
+    state = [
+        value
+        for key, value in optimizer.state[param].items()
+        if key != "step" and torch.is_tensor(value) and value.shape == param.shape
+    ]
+    return 4 + 8 + 8 * len(state)
+
 
 #: torch.optim counterparts: class name and keyword arguments.
 TORCH_EQUIVALENT = {
@@ -390,8 +398,9 @@ def run_regime(
     add(yardstick, torch_factory("adam", {"fused": True}))
     for name in names:
         ours_default, torch_default = default_paths(bench, name, regime)
+        moved = step_bytes_per_param(name)  # torch's and the references' keep the same state
         for path, flags in OPTLAB_PATHS.items():
-            row = Row(regime, name, "optlab", path, bytes_per_param=BYTES_PER_PARAM[name])
+            row = Row(regime, name, "optlab", path, bytes_per_param=moved)
             if path == ours_default:
                 row.note = "default"
             add(row, optlab_factory(name, flags))
@@ -404,14 +413,14 @@ def run_regime(
                 )
                 if "fused" in flags and "fused" not in inspect.signature(torch_class).parameters:
                     continue  # torch has no fused Adadelta / RMSprop
-                row = Row(regime, name, "torch.optim", path, bytes_per_param=BYTES_PER_PARAM[name])
+                row = Row(regime, name, "torch.optim", path, bytes_per_param=moved)
                 add(row, torch_factory(name, flags))
                 if path == torch_default and not row.note:
                     row.note = "default"
             if name == "adam" and torch_default == "fused" and not rows[0].note:
                 rows[0].note = "default"
         for label, factory in references.get(name, []):
-            add(Row(regime, name, label, "default", bytes_per_param=BYTES_PER_PARAM[name]), factory)
+            add(Row(regime, name, label, "default", bytes_per_param=moved), factory)
             rows[-1].note = "default"
     bench.measure_all(planned, log)
     for row in rows:
@@ -619,6 +628,15 @@ def bar_checks(all_rows: dict[str, list[Row]], first_steps: list[dict[str, Any]]
     return lines
 
 
+def bytes_sentence(all_rows: dict[str, list[Row]]) -> str:
+    """``12 for sgd; 20 for momentum, nag`` ...: the byte model of the measured optimizers."""
+    names = dict.fromkeys(row.name for rows in all_rows.values() for row in rows)
+    by_bytes: dict[int, list[str]] = {}
+    for name in names:
+        by_bytes.setdefault(step_bytes_per_param(name), []).append(name)
+    return "; ".join(f"{count} for {', '.join(group)}" for count, group in sorted(by_bytes.items()))
+
+
 def write_report(
     path: Path,
     bench: Bench,
@@ -639,10 +657,9 @@ def write_report(
         f"Each row: the median of its timed steps, taken in {bench.rounds} round(s) over all "
         "the rows of a regime (so a row's steps come from moments minutes apart), each round on "
         "fresh copies of the same tensors (new memory) after that round's first step and two "
-        "warm-up steps. Effective GB/s counts the bytes a step "
-        "must move per fp32 parameter: 12 for SGD (p, g read; p written), 20 for SGD with "
-        "momentum, Adagrad and RMSprop (one state tensor read and written), 28 for Adam, AdamW, "
-        "Adadelta, Yogi, EAdam and AdaBelief (two), 36 for AMSGrad (three). `(default)` marks "
+        "warm-up steps. Effective GB/s counts the bytes a step must move per fp32 parameter: "
+        "4 to read g, 8 to read and write p, 8 to read and write each state tensor the "
+        f"optimizer keeps ({bytes_sentence(all_rows)}). `(default)` marks "
         "what `foreach=None, fused=None` picks. Peak extra memory: the most memory a step holds "
         "beyond the parameters, gradients and state, in MB and as a multiple of the model's size. "
         "The two 'vs torch fused Adam' columns compare each row with torch.optim.Adam(fused=True) "
