@@ -35,6 +35,7 @@ examples:
       --schedule cosine --out results/betas
   optlab compare --task cancer-logreg --optimizers adam,adabelief --nproc 2
   torchrun --nproc-per-node 2 -m optlab.cli compare --task cancer-logreg --optimizers adam
+  optlab compare --suite small --executor ray --ray-address auto    # on a Ray cluster
 
 Results go to --out (default results/<task>-<hash of the arguments>); running
 the same command again resumes, skipping finished runs."""
@@ -186,40 +187,73 @@ class _Progress:
 
 def run_compare(args: argparse.Namespace) -> int:
     study = study_from_args(args)
-    return _run_with_session(args, study, None)
+    return _run_with_session(args, study, None, _execution(args, {}))
 
 
 def run_file(args: argparse.Namespace) -> int:
-    from optlab.lab.studyfile import StudyFileError, load_toml
+    from optlab.lab.studyfile import StudyFileError, load_study_file
 
     try:
-        study = load_toml(args.file)
+        study, execution = load_study_file(args.file)
     except StudyFileError as error:
         raise CommandLineError(str(error)) from None
     study = _checked(study)
     text = Path(args.file).read_text(encoding="utf-8")
-    return _run_with_session(args, study, (Path(args.file), text))
+    return _run_with_session(args, study, (Path(args.file), text), _execution(args, execution))
 
 
-def _run_with_session(args: argparse.Namespace, study: Any, source: Any) -> int:
+def _execution(args: argparse.Namespace, from_file: dict[str, Any]) -> dict[str, Any]:
+    """The execution settings (flags over the study file); with Ray, Ray must be installed."""
+    from optlab.lab.studyfile import execution_from_args
+
+    try:
+        settings = execution_from_args(args, from_file)
+    except ValueError as error:
+        raise CommandLineError(str(error)) from None
+    if settings["executor"] == "ray":
+        from optlab.lab.ray_executor import RayUnavailable, require_ray
+
+        try:
+            require_ray()
+        except RayUnavailable as error:
+            raise CommandLineError(str(error)) from None
+        if args.jobs is not None:
+            raise CommandLineError(
+                f"--jobs {args.jobs} is for the local executor: on Ray every free CPU of the "
+                "cluster trains a run; leave --jobs out"
+            )
+    return settings
+
+
+def _run_with_session(
+    args: argparse.Namespace, study: Any, source: Any, execution: dict[str, Any]
+) -> int:
+    if execution["executor"] == "ray":
+        _check_nproc(args, study, ray=True)
+        return _run(args, study, None, source, execution)
     session = _distributed_session(args, study)
     if session is not None and not session.is_driver:
         session.serve()  # trains what rank 0 sends; rank 0 alone writes and prints
         return 0
     try:
-        return _run(args, study, session, source)
+        return _run(args, study, session, source, execution)
     finally:
         if session is not None:
             session.close()
 
 
-def _distributed_session(args: argparse.Namespace, study: Any) -> Any:
-    """``--nproc N`` or torchrun: the process group each run trains on (``None``: one process)."""
+def _check_nproc(args: argparse.Namespace, study: Any, *, ray: bool = False) -> None:
+    """Refuse --nproc / torchrun where they cannot work, before anything starts."""
     from optlab.lab import distributed
     from optlab.lab.tasks import get_task
 
-    if args.nproc is None and not distributed.launched_by_torchrun():
-        return None
+    if ray and distributed.launched_by_torchrun():
+        raise CommandLineError(
+            "--executor ray under torchrun: Ray places the runs itself; run optlab once, "
+            "with --nproc N for runs that need N processes each"
+        )
+    if ray and args.nproc in (None, 1):
+        return
     single = [task for task in study.tasks if not getattr(get_task(task), "distributed", True)]
     if single:
         raise CommandLineError(
@@ -231,6 +265,15 @@ def _distributed_session(args: argparse.Namespace, study: Any) -> Any:
             f"--jobs {args.jobs} cannot be combined with --nproc or torchrun: each run "
             "already trains on every process; leave --jobs out"
         )
+
+
+def _distributed_session(args: argparse.Namespace, study: Any) -> Any:
+    """``--nproc N`` or torchrun: the process group each run trains on (``None``: one process)."""
+    from optlab.lab import distributed
+
+    if args.nproc is None and not distributed.launched_by_torchrun():
+        return None
+    _check_nproc(args, study)
     try:
         return distributed.start(args.nproc)
     except ValueError as error:
@@ -241,7 +284,7 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'s' if count != 1 else ''}"
 
 
-def _banner(study: Any, jobs: int, session: Any, out: Path) -> str:
+def _banner(study: Any, jobs: int, session: Any, out: Path, cluster: Any = None) -> str:
     budgets = sorted({study.budget(arm) for arm in study.arms})
     tuned = [arm for arm in study.arms if study.tuned(arm)]
     text = (
@@ -254,14 +297,52 @@ def _banner(study: Any, jobs: int, session: Any, out: Path) -> str:
         text += f", {'+'.join(names)} tuned by {study.tuner} ({budget} runs per arm and task)"
     else:
         text += ", untuned (every arm at its given hyper-parameters)"
-    text += f", {_plural(jobs, 'worker')}"
+    if cluster is not None:
+        text += (
+            f", on Ray ({_plural(cluster['nodes'], 'node')}, {_plural(cluster['cpus'], 'CPU')}"
+            + (f", {_plural(cluster['gpus'], 'GPU')}" if cluster.get("gpus") else "")
+            + f" at {cluster['address']})"
+        )
+        if cluster["cpus_per_run"] > 1:
+            text += f", DDP over {cluster['cpus_per_run']} processes per run"
+    else:
+        text += f", {_plural(jobs, 'worker')}"
     if session is not None:
         text += f", DDP over {session.world_size} processes"
     return text + f" -> {out}"
 
 
-def _run(args: argparse.Namespace, study: Any, session: Any, source: Any) -> int:
+def _ray_runner(args: argparse.Namespace, execution: dict[str, Any]) -> Any:
+    """A connected :class:`~optlab.lab.ray_executor.RayRunner` (``CommandLineError`` when
+    Ray cannot be reached)."""
+    from optlab.lab.ray_executor import RayRunner
+
+    runner = RayRunner(
+        execution["ray_address"], gpus_per_run=execution["gpus_per_run"], nproc=args.nproc
+    )
+    try:
+        return runner.connect()
+    except ConnectionError as error:
+        raise CommandLineError(str(error)) from None
+
+
+def _execution_flags(execution: dict[str, Any]) -> str:
+    """The flags that run the study where it ran (appended to the recorded command)."""
+    if execution["executor"] != "ray":
+        return ""
+    parts = ["--executor", "ray"]
+    if execution["ray_address"]:
+        parts += ["--ray-address", execution["ray_address"]]
+    if execution["gpus_per_run"]:
+        parts += ["--gpus-per-run", f"{execution['gpus_per_run']:g}"]
+    return " " + " ".join(shlex.quote(part) for part in parts)
+
+
+def _run(
+    args: argparse.Namespace, study: Any, session: Any, source: Any, execution: dict[str, Any]
+) -> int:
     from optlab.lab.data import DatasetFormatError, DatasetNotFoundError
+    from optlab.lab.execution import FAILED_DIR, RunsFailed
     from optlab.lab.report import write_report
     from optlab.lab.store import Store, StoreError
     from optlab.lab.study import run_study
@@ -278,11 +359,15 @@ def _run(args: argparse.Namespace, study: Any, session: Any, source: Any) -> int
         command = compare_command(study, out) or (
             f"optlab run {shlex.quote(str(out / STUDY_TOML))} --out {shlex.quote(str(out))}"
         )
+    command += _execution_flags(execution)
     try:
         Store.open(out)  # a foreign or damaged directory fails here, before any banner
     except StoreError as error:
         raise CommandLineError(str(error)) from None
-    print(f"optlab {args.command}: {_banner(study, jobs, session, out)}", file=sys.stderr)
+    runner = _ray_runner(args, execution) if execution["executor"] == "ray" else None
+    cluster = runner.describe() if runner is not None else None
+    banner = _banner(study, jobs, session, out, cluster)
+    print(f"optlab {args.command}: {banner}", file=sys.stderr)
     progress = _Progress(enabled=sys.stderr.isatty() and not args.quiet)
     try:
         run_study(
@@ -293,9 +378,20 @@ def _run(args: argparse.Namespace, study: Any, session: Any, source: Any) -> int
             command=command,
             trainer=session.train if session is not None else None,
             study_file=source[1] if source is not None else None,
+            runner=runner,
         )
     except StoreError as error:
         raise CommandLineError(str(error)) from None
+    except RunsFailed as error:
+        progress.close()
+        count = _plural(len(error.failures), "run")
+        print(
+            f"optlab {args.command}: {count} failed on every try ({error.failures[0][1]}); "
+            f"recorded in {out / FAILED_DIR}; the finished runs are kept: run the same "
+            "command to retry",
+            file=sys.stderr,
+        )
+        return 1
     except (DatasetNotFoundError, DatasetFormatError) as error:
         raise CommandLineError(str(error).splitlines()[0]) from None
     except KeyboardInterrupt:
@@ -377,9 +473,13 @@ def _add_execution_arguments(parser: argparse.ArgumentParser) -> None:
         "--nproc",
         type=_positive_int,
         metavar="N",
-        help="train each run with DDP over N processes on this machine (gloo); results "
-        "equal one process's to float32 rounding. Under torchrun leave it out",
+        help="train each run with DDP over N processes on this machine (gloo; with "
+        "--executor ray: on the run's node, asking Ray for N CPUs); results equal one "
+        "process's to float32 rounding. Under torchrun leave it out",
     )
+    from optlab.lab.studyfile import add_execution_arguments
+
+    add_execution_arguments(execution)
     execution.add_argument("--out", metavar="DIR", help="results directory (resumable)")
     execution.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bar (never shown off a terminal)"

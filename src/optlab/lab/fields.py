@@ -8,6 +8,14 @@ flags, reads study files and writes the reproduce command from this table
 alone, so the spellings cannot drift apart. Shorthands (``--optimizers``,
 ``--suite``, ``--lr``, ``--lr-grid``) are rows whose ``target`` is the field
 they fill.
+
+:data:`EXECUTION_FIELDS` are the settings of *where* a study runs
+(``executor``, ``ray_address``, ``gpus_per_run``): flags of ``optlab
+compare`` / ``run`` / ``ablate`` and keys of a study file, but not part of the
+study: they do not enter its identity (the default results directory, the
+run keys, the Optuna studies) and change no result, so a study begun on this
+machine resumes on a Ray cluster and the other way round. A flag overrides the
+file's key.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from optlab.lab.spec import (
     parse_literal,
 )
 
-__all__ = ["BY_KEY", "FIELDS", "Field"]
+__all__ = ["BY_KEY", "EXECUTION_BY_KEY", "EXECUTION_FIELDS", "EXECUTORS", "FIELDS", "Field"]
 
 
 # ------------------------------------------------------------------ value parsers
@@ -44,6 +52,18 @@ def _positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"must be an integer >= 1, got {given!r}")
     return value
+
+
+def _non_negative(value: Any) -> float:
+    given = value
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"must be a number >= 0, got {given!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"must be a number >= 0, got {given!r}")
+    return float(value)
 
 
 def _names(value: Any) -> tuple[str, ...]:
@@ -403,3 +423,43 @@ FIELDS: tuple[Field, ...] = (
 )
 
 BY_KEY = {f.name: f for f in FIELDS if f.toml}
+
+# ------------------------------------------------------------ where a study runs
+
+#: ``local``: this machine (``--jobs`` workers); ``ray``: a Ray cluster.
+EXECUTORS = ("local", "ray")
+
+EXECUTION_FIELDS: tuple[Field, ...] = (
+    Field(
+        "executor",
+        "--executor",
+        "where runs train: local (this machine, --jobs workers) or ray (one Ray task per "
+        "run on a Ray cluster, see --ray-address; pip install 'optlab[ray]'); default local. "
+        "Results do not depend on it",
+        _choice(lambda: EXECUTORS),
+        "NAME",
+        to_toml=str,
+        choices=lambda: EXECUTORS,
+    ),
+    Field(
+        "ray_address",
+        "--ray-address",
+        "with --executor ray: auto (RAY_ADDRESS, or the cluster this machine joined with ray "
+        "start), HOST:PORT (the head, from a node of the cluster) or ray://HOST:10001 (Ray "
+        "Client, from anywhere); default: start a local Ray instance",
+        _text,
+        "ADDRESS",
+        to_toml=str,
+    ),
+    Field(
+        "gpus_per_run",
+        "--gpus-per-run",
+        "with --executor ray: GPUs each run asks for (a fraction shares a GPU) and trains on; "
+        "default 0 (CPU)",
+        _non_negative,
+        "G",
+        to_toml=float,
+    ),
+)
+
+EXECUTION_BY_KEY = {f.name: f for f in EXECUTION_FIELDS}

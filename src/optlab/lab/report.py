@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from optlab.lab import tables
+from optlab.lab.execution import failure_records
 from optlab.lab.runs import RunResult
 from optlab.lab.selection import ArmOutcome, StudyOutcome, TaskOutcome, resolve_study
 from optlab.lab.spec import Arm, StudySpec
@@ -430,13 +431,20 @@ def _markdown(
     lines += ["; ".join(when) + ".", ""]
     if not report.complete:
         lines += ["**The study is not complete**: some runs are missing (see the tables).", ""]
+    failed = failure_records(report.root)
+    if failed:
+        lines += [
+            f"**{len(failed)} run{'s' if len(failed) != 1 else ''} failed on every try** "
+            f"(the worker died; recorded in `failed/`): {failed[0].get('reason')}. Run the "
+            "command again to retry.",
+            "",
+        ]
     lines += list(sections)
     env = study_data.get("environment")
     if env:
         lines += ["## Versions and machine", "", "| | |", "|---|---|"]
         lines += [f"| {name} | {value} |" for name, value in env.items()]
-        if study_data.get("jobs"):
-            lines += [f"| worker processes | {study_data['jobs']} |"]
+        lines += _execution_rows(study_data)
         lines.append("")
     lines += [
         "## Files",
@@ -459,3 +467,23 @@ def _markdown(
         "",
     ]
     return "\n".join(lines)
+
+
+def _execution_rows(study_data: Mapping[str, Any]) -> list[str]:
+    """Where the runs trained: the executor, its nodes and CPUs (rows of the machine table)."""
+    execution = study_data.get("execution") or {}
+    if execution.get("executor") == "ray":
+        rows = [
+            f"| executor | Ray {execution.get('ray', '')} at {execution.get('address')} |",
+            f"| nodes | {execution.get('nodes')} |",
+            f"| CPUs | {execution.get('cpus')} ({execution.get('cpus_per_run', 1)} per run) |",
+        ]
+        if execution.get("gpus_per_run"):
+            rows.append(
+                f"| GPUs | {execution.get('gpus')} ({execution['gpus_per_run']:g} per run) |"
+            )
+        return rows
+    if study_data.get("jobs"):
+        rows = ["| executor | local |"] if execution else []
+        return rows + [f"| worker processes | {study_data['jobs']} |"]
+    return []

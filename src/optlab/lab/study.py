@@ -10,7 +10,8 @@ store without training (what ``optlab report`` uses).
 
 The parts, one module each: :mod:`~optlab.lab.arms` and :mod:`~optlab.lab.spec` (what a study is),
 :mod:`~optlab.lab.checks` (its checks), :mod:`~optlab.lab.studyfile` (the fields table: command line, TOML
-study files, the reproduce command), :mod:`~optlab.lab.execution` (workers),
+study files, the reproduce command), :mod:`~optlab.lab.execution` (workers;
+:mod:`~optlab.lab.ray_executor` for a Ray cluster),
 :mod:`~optlab.lab.tuning` (grid, Optuna), :mod:`~optlab.lab.selection`
 (choosing, outcomes), :mod:`~optlab.lab.stats` (intervals, tests, profiles)
 and :mod:`~optlab.lab.environment` (versions, machine).
@@ -24,7 +25,7 @@ from typing import Any
 
 from optlab.lab.checks import validate_study
 from optlab.lab.environment import environment
-from optlab.lab.execution import Progress, Runner, Trainer, execute
+from optlab.lab.execution import BaseRunner, Progress, Runner, RunsFailed, Trainer, execute
 from optlab.lab.selection import (
     ArmOutcome,
     StudyOutcome,
@@ -47,6 +48,7 @@ from optlab.lab.tuning import tune_grid, tune_optuna
 __all__ = [
     "CORE_OPTIMIZERS",
     "DEFAULT_LR_GRID",
+    "RunsFailed",
     "Arm",
     "ArmOutcome",
     "Dim",
@@ -73,6 +75,7 @@ def run_study(
     progress: Progress | None = None,
     command: str | None = None,
     study_file: str | None = None,
+    runner: BaseRunner | None = None,
 ) -> StudyOutcome:
     """Run ``study`` into the results directory ``root``, resuming what is there.
 
@@ -88,6 +91,16 @@ def run_study(
         command: the command line to record in the report.
         study_file: the TOML text of the study, kept as ``study.toml`` in ``root``
             (by default written from ``study``).
+        runner: the executor, e.g. ``RayRunner(address)`` from
+            :mod:`optlab.lab.ray_executor` (then ``jobs`` and ``trainer`` are the
+            runner's business); by default the local ``Runner(jobs, trainer)``. The
+            executor is not part of the study: a study started with one resumes
+            with another, to the same results.
+
+    Raises:
+        RunsFailed: some runs failed on every try (their workers died); each is
+            recorded in ``root/failed/``, every finished run is stored, and
+            running the study again retries them.
 
     Returns:
         What the store holds of the study afterwards (see :func:`resolve_study`).
@@ -106,14 +119,16 @@ def run_study(
             "command": command,
             "environment": environment(),
             "started": now,
-            "jobs": jobs,
         }
         if earlier.get("study") == data["study"] and earlier.get("started"):
             data["started"] = earlier["started"]  # resuming: the study began back then
             data["resumed"] = now
-        store.write_study(data)
-        store.write_text(STUDY_TOML, study_file if study_file is not None else dump_toml(study))
-        with Runner(jobs, trainer) as runner:
+        with runner if runner is not None else Runner(jobs, trainer) as runner:
+            data["execution"] = runner.describe()
+            if data["execution"].get("executor") == "local":
+                data["jobs"] = data["execution"]["jobs"]
+            store.write_study(data)
+            store.write_text(STUDY_TOML, study_file if study_file is not None else dump_toml(study))
             if study.tuner == "optuna":
                 tune_optuna(study, store, runner, progress)
             else:

@@ -36,6 +36,13 @@ A study file (all keys optional; unknown keys are refused)::
     [task_hparams.gan-ring]                    # fixed on one task, for arms that have it
     betas = [0.5, 0.999]
 
+A study file may also say where it runs (:data:`~optlab.lab.fields.EXECUTION_FIELDS`;
+not part of the study, see :func:`execution_settings`)::
+
+    executor = "ray"
+    ray_address = "auto"
+    gpus_per_run = 0.5
+
 A bad file gives one line: the file, the key and its line, the value and what
 is allowed (:class:`StudyFileError`).
 """
@@ -49,7 +56,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from optlab.lab.fields import BY_KEY, FIELDS
+from optlab.lab.fields import BY_KEY, EXECUTION_BY_KEY, EXECUTION_FIELDS, FIELDS
 from optlab.lab.spec import (
     CORE_OPTIMIZERS,
     DEFAULT_LR_RANGE,
@@ -63,9 +70,13 @@ __all__ = [
     "FIELDS",
     "STUDY_TOML",
     "StudyFileError",
+    "add_execution_arguments",
     "add_study_arguments",
     "compare_command",
     "dump_toml",
+    "execution_from_args",
+    "execution_settings",
+    "load_study_file",
     "load_toml",
     "study_from_args",
     "study_from_values",
@@ -175,6 +186,49 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def add_execution_arguments(group: Any) -> None:
+    """The flags of :data:`~optlab.lab.fields.EXECUTION_FIELDS` (into an argument group)."""
+    for spelling in EXECUTION_FIELDS:
+        options: dict[str, Any] = {"metavar": spelling.metavar}
+        if spelling.choices is not None:
+            options = {"choices": list(spelling.choices())}
+        group.add_argument(
+            spelling.flag, dest=f"exec_{spelling.name}", help=spelling.help, **options
+        )
+
+
+def execution_settings(given: Mapping[str, Any]) -> dict[str, Any]:
+    """Every execution setting, defaults filled in: ``executor`` (``"local"``),
+    ``ray_address`` (``None``: a local Ray instance), ``gpus_per_run`` (0.0).
+
+    ``ValueError`` (one line naming the flag) when a Ray setting is given without
+    ``executor = "ray"``.
+    """
+    settings = {"executor": "local", "ray_address": None, "gpus_per_run": 0.0, **given}
+    if settings["executor"] != "ray":
+        for name in ("ray_address", "gpus_per_run"):
+            if given.get(name):
+                flag = EXECUTION_BY_KEY[name].flag
+                raise ValueError(f'{flag} goes with --executor ray (executor = "ray")')
+    return settings
+
+
+def execution_from_args(
+    args: argparse.Namespace, from_file: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The execution settings: the flags over the study file's keys over the defaults."""
+    given = dict(from_file or {})
+    for spelling in EXECUTION_FIELDS:
+        raw = getattr(args, f"exec_{spelling.name}", None)
+        if raw is None:
+            continue
+        try:
+            given[spelling.name] = spelling.parse(raw)
+        except ValueError as error:
+            raise ValueError(f"{spelling.flag}: {error}") from None
+    return execution_settings(given)
+
+
 def study_from_args(args: argparse.Namespace) -> StudySpec:
     """The study the flags describe; ``ValueError`` (one line naming the flag) when wrong."""
     given = {}
@@ -232,6 +286,12 @@ def load_toml(path: str | Path) -> StudySpec:
         StudyFileError: one line naming the file, the key and its line, the value and
             what is allowed; unknown keys are refused.
     """
+    return load_study_file(path)[0]
+
+
+def load_study_file(path: str | Path) -> tuple[StudySpec, dict[str, Any]]:
+    """The study a TOML file describes and the execution keys it gives (parsed, not
+    defaulted: see :func:`execution_settings`); errors as :func:`load_toml`."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -246,18 +306,21 @@ def load_toml(path: str | Path) -> StudySpec:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise StudyFileError(f"{path}: not valid TOML: {error}") from None
-    given = {}
+    given: dict[str, Any] = {}
+    execution: dict[str, Any] = {}
     for key, value in data.items():
-        spelling = BY_KEY.get(key)
+        spelling = BY_KEY.get(key) or EXECUTION_BY_KEY.get(key)
         where = f"{path}" + (f" line {_line_of(text, key)}" if _line_of(text, key) else "")
         if spelling is None:
-            raise StudyFileError(f"{where}: unknown key {key!r}; valid keys: {', '.join(BY_KEY)}")
+            keys = ", ".join([*BY_KEY, *EXECUTION_BY_KEY])
+            raise StudyFileError(f"{where}: unknown key {key!r}; valid keys: {keys}")
         try:
-            given[key] = spelling.parse(value)
+            parsed = spelling.parse(value)
         except ValueError as error:
             raise StudyFileError(f"{where}: {key}: {error}") from None
+        (execution if key in EXECUTION_BY_KEY else given)[key] = parsed
     try:
-        return study_from_values(given)
+        return study_from_values(given), execution
     except ValueError as error:
         raise StudyFileError(f"{path}: {error}") from None
 

@@ -13,7 +13,10 @@ seed; :mod:`optlab.lab.selection` picks the best final validation metric.
   exactly what an uninterrupted one would, and the random start-up trials
   try the same points for every arm with the same space. A trial asked but
   never told (the process was killed) is trained again, or told from its
-  stored record.
+  stored record. Trials are asked and told here, in the driver, whichever
+  executor trains them, so ``--executor ray`` selects what ``--jobs`` does. A
+  trial whose run failed for good (its worker died on every try) is left
+  asked: the study stops after the round, and running it again retrains it.
 """
 
 from __future__ import annotations
@@ -24,7 +27,14 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from optlab.lab.execution import Progress, Runner, execute
+from optlab.lab.execution import (
+    BaseRunner,
+    Progress,
+    RunsFailed,
+    clear_failure,
+    execute,
+    failure_recorder,
+)
 from optlab.lab.runs import RunResult, RunSpec
 from optlab.lab.selection import lookup, selection_metric, usable
 from optlab.lab.spec import Arm, StudySpec
@@ -46,7 +56,9 @@ def tuning_results(
     return lookup(store, study.grid_specs(task, arm))
 
 
-def tune_grid(study: StudySpec, store: Store, runner: Runner, progress: Progress | None) -> None:
+def tune_grid(
+    study: StudySpec, store: Store, runner: BaseRunner, progress: Progress | None
+) -> None:
     """Train every grid point of every tuned arm on every task (all in one parallel batch)."""
     specs = [
         spec
@@ -113,7 +125,9 @@ def _optuna_results(
     return found, missing + max(0, study.trials - len(trials))
 
 
-def tune_optuna(study: StudySpec, store: Store, runner: Runner, progress: Progress | None) -> None:
+def tune_optuna(
+    study: StudySpec, store: Store, runner: BaseRunner, progress: Progress | None
+) -> None:
     """TPE rounds: one trial for every tuned (task, arm) per round, the round's runs in
     parallel, until every one has ``trials`` finished trials."""
     import optuna
@@ -151,11 +165,15 @@ def tune_optuna(study: StudySpec, store: Store, runner: Runner, progress: Progre
 
         def on_result(result: RunResult, asked: Mapping[str, Any] = asked) -> None:
             store.put(result)
+            clear_failure(store, result.spec)
             _tell(asked, result)
             if progress:
                 progress("tune", _finished(study, studies), total, result)
 
-        runner.run(todo, on_result)
+        failed, on_failure = failure_recorder(store)
+        runner.run(todo, on_result, on_failure)
+        if failed:
+            raise RunsFailed(failed)
 
 
 def _finished(study: StudySpec, studies: Mapping[Any, tuple[Arm, Any, bool]]) -> int:
