@@ -67,18 +67,31 @@ kernel on the 2-core machine. So once a kernel is compiled and checked,
 this module records where its compiled C++ module lives and the argument
 order to call it with, in ``optlab_fused/`` inside Inductor's cache folder
 (``TORCHINDUCTOR_CACHE_DIR``, or its default). A later process with the same
-torch, Python, CPU (model and instruction-set flags), optlab rule sources,
-signature, Inductor settings and thread count (Inductor writes serial loops
-for a one-thread process, OpenMP ones otherwise) loads that module directly
-and checks it against the eager rule before first use; a missing, damaged
-or disagreeing record means an ordinary compile. Measured: the first fused step of 500
-tensors takes about 0.04 s in such a process.
+torch, Python, CPU (model and instruction-set flags), optlab sources (this
+module, :mod:`optlab.optim._inductor`, the rule's module and
+``optlab.optim._rules`` where it exists), signature, Inductor settings and
+thread count (Inductor writes serial loops for a one-thread process, OpenMP
+ones otherwise) loads that module directly and checks it against the eager
+rule before first use; a missing, damaged or disagreeing record means an
+ordinary compile. Measured: the first fused step of 500 tensors takes about
+0.04 s in such a process.
 
 Compiles are counted by :func:`compile_count` (kernels compiled or loaded;
 the compiles also show in ``torch._dynamo.utils.counters``); none happens
 after a signature's first step, whatever the learning rate, the step or
 which parameters have grads (a new ``torch.set_num_threads`` value makes a
 new CPU kernel, once).
+
+Torch's private API
+-------------------
+
+The direct calls, the recorded argument order, the loading of a recorded
+module and the compile's capture of Inductor's output lean on TorchInductor
+and Dynamo internals. All of that is in :mod:`optlab.optim._inductor`,
+behind a few functions that name what they rely on (written for torch
+2.13); this module only decides when to use them and checks every result
+against the eager rule. ``tests/test_inductor_api.py`` fails, naming the
+torch version and the attribute, when an upgrade moves one of them.
 
 Availability and the default
 ----------------------------
@@ -122,15 +135,13 @@ from __future__ import annotations
 import array
 import contextlib
 import functools
-import getpass
 import hashlib
-import importlib.util
+import importlib
 import json
 import logging
 import operator
 import os
 import platform
-import re
 import shutil
 import sys
 import tempfile
@@ -141,6 +152,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from . import _inductor
 
 __all__ = [
     "FUSED_DEFAULT_MIN_NUMEL",
@@ -186,23 +199,16 @@ _failed_device_types: set[str] = set()
 def _probe(device_type: str) -> str | None:
     # Found, not imported: importing Dynamo and Inductor takes seconds, paid only
     # when a kernel is compiled (not when a compiled one is loaded, see ``_Kernel.load``).
-    try:
-        found = all(importlib.util.find_spec(name) for name in ("torch._dynamo", "torch._inductor"))
-    except Exception as error:  # pragma: no cover - depends on the installation
-        return f"TorchInductor cannot be found ({type(error).__name__}: {error})"
-    if not found:  # pragma: no cover - depends on the installation
-        return "TorchInductor is not part of this torch installation"
+    reason = _inductor.missing()
+    if reason is not None:  # pragma: no cover - depends on the installation
+        return reason
     if device_type == "cpu":
         candidates = [os.environ.get("CXX"), "g++", "clang++", "c++"]
         if not any(name and shutil.which(name) for name in candidates):
             return "no C++ compiler found (set $CXX or install g++ or clang++)"
         return None
     if device_type == "cuda":
-        try:
-            from torch.utils._triton import has_triton
-        except Exception:  # pragma: no cover
-            return "Triton support cannot be imported"
-        return None if has_triton() else "Triton is not installed (pip install triton)"
+        return _inductor.triton_missing()
     return f"no fused kernels for device type {device_type!r} (only cpu and cuda)"
 
 
@@ -344,10 +350,6 @@ def compile_count() -> int:
     return _compiles
 
 
-def _no_layout_check(*args: Any, **kwargs: Any) -> None:
-    return None
-
-
 def _bucket_function(
     rule: Callable[..., None],
     present: tuple[bool, ...],
@@ -434,30 +436,13 @@ class _Kernel:
 
     def compile(self, num_scalars: int) -> None:
         global _compiles
-        from torch._inductor.compile_fx import compile_fx, compile_fx_inner
-
-        captured: dict[str, Any] = {}
-
-        def inner_compile(graph, example_inputs, **kwargs):
-            output = compile_fx_inner(graph, example_inputs, **kwargs)
-            captured["output"] = output
-            return output
-
-        def backend(graph, example_inputs):
-            captured["plan"] = self._plan_from(graph)
-            return compile_fx(graph, example_inputs, inner_compile=inner_compile)
-
-        compiled = torch.compile(self.function, dynamic=True, fullgraph=True, backend=backend)
         # Distinct sizes per slot (Dynamo gives equal sizes one symbol), none 0 or 1.
         sizes = [_SCRATCH_NUMEL + 2 * slot for slot in range(self.arity)]
         scratch = self._scratch([(size,) for size in sizes], num_scalars, seed=0)
         try:
-            with (
-                torch.no_grad(),
-                torch._functorch.config.patch(enable_autograd_cache=False),
-                torch._inductor.config.patch(_INDUCTOR_OPTIONS),
-            ):
-                compiled(*scratch)
+            compiled = _inductor.compile_function(
+                self.function, self.names, scratch, _INDUCTOR_OPTIONS
+            )
         except Exception as error:
             raise FusedCompileError(
                 f"compiling the fused kernel {self.function.__name__} for "
@@ -465,18 +450,11 @@ class _Kernel:
             ) from error
         with _lock:
             _compiles += 1
-        self._compiled = compiled
-        output = captured.get("output")
-        direct = getattr(output, "current_callable", None)
-        plan = captured.get("plan")
-        if direct is None or plan is None:
+        self._compiled = compiled.call
+        if compiled.wrapper is None or compiled.plan is None:
             logger.debug("optlab fused: no direct call for %s", self.function.__name__)
             return
-        function = getattr(direct, "__func__", direct)
-        module_globals = getattr(function, "__globals__", {})
-        if "assert_size_stride" in module_globals:
-            module_globals["assert_size_stride"] = _no_layout_check
-        self._direct, self._plan = direct, plan
+        self._direct, self._plan = compiled.wrapper, compiled.plan
         # N-D tensors passed as they are; where the generated code checks
         # dimensions after all (seen with Triton kernels), 1-D views of them.
         for flat in (False, True):
@@ -497,48 +475,30 @@ class _Kernel:
         one call on scratch tensors of distinct sizes; checked against the
         eager rule like every runner, else the wrapper is kept.
         """
-        function = getattr(self._direct, "__func__", self._direct)
-        module_globals = getattr(function, "__globals__", {})
-        names = [name for name in module_globals if name.startswith("cpp_fused_")]
-        if self._flat or len(names) != 1:
+        if self._flat:
             return
-        name = names[0]
-        kernel = module_globals[name]
-        recorded: list[tuple[Any, ...]] = []
+        sizes = [_SCRATCH_NUMEL + 2 * slot + 1 for slot in range(self.arity)]
+        scratch = self._scratch([(size,) for size in sizes], num_scalars, seed=2)
+        wrapper_runner = self._runner
 
-        def record(*args: Any) -> Any:
-            recorded.append(args)
-            return kernel(*args)
-
-        shapes = [(_SCRATCH_NUMEL + 2 * slot + 1,) for slot in range(self.arity)]
-        scratch = self._scratch(shapes, num_scalars, seed=2)
-        module_globals[name] = record
-        try:
+        def run() -> None:
             with torch.no_grad():
-                self._runner(scratch[:-1], scratch[-1])
+                wrapper_runner(scratch[:-1], scratch[-1])
+
+        try:
+            found = _inductor.cpp_kernel_call(self._direct, run, scratch, sizes, self.width)
         except Exception as error:  # pragma: no cover - depends on the torch version
             logger.debug("optlab fused: recording the kernel call raised %r", error)
             return
-        finally:
-            module_globals[name] = kernel
-        if len(recorded) != 1:
+        if found is None:
             return
-        position = {id(tensor): index for index, tensor in enumerate(scratch)}
-        items = []
-        for value in recorded[0]:
-            if isinstance(value, Tensor) and id(value) in position:
-                index = position[id(value)]
-                items.append("h" if index == len(scratch) - 1 else f"t[{index}]")
-            elif type(value) is int and value in (shape[0] for shape in shapes):
-                slot = [shape[0] for shape in shapes].index(value)
-                items.append(f"t[{slot * self.width}].numel()")
-            else:
-                return
-        wrapper_runner = self._runner
-        source = f"lambda t, h: kernel({', '.join(items)})"
-        self._runner = eval(source, {"kernel": kernel})  # noqa: S307 - generated above
+        kernel, items = found
+        self._runner = _inductor.cpp_runner(kernel, items)
         if not self._direct_matches_eager(num_scalars):
-            logger.debug("optlab fused: calling %s directly disagrees; keeping its wrapper", name)
+            logger.debug(
+                "optlab fused: calling %s's kernel directly disagrees; keeping its wrapper",
+                self.function.__name__,
+            )
             self._runner = wrapper_runner
             return
         _remember(self, kernel, items)
@@ -557,43 +517,14 @@ class _Kernel:
         if record is None:
             return False
         try:
-            address = torch._C._dynamo.guards._torchinductor_pyobject_tensor_data_ptr
-            os.environ["_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR"] = str(address)
-            module = sys.modules.get(record["module"])
-            if module is None:
-                spec = importlib.util.spec_from_file_location(record["module"], record["library"])
-                module = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(module)
-                sys.modules[record["module"]] = module
-            source = f"lambda t, h: kernel({', '.join(record['items'])})"
-            self._runner = eval(source, {"kernel": module.kernel})  # noqa: S307 - checked below
+            kernel = _inductor.load_cpp_kernel(record["module"], record["library"])
+            self._runner = _inductor.cpp_runner(kernel, record["items"])  # checked below
             if self._direct_matches_eager(num_scalars):
                 return True
         except Exception as error:
             logger.debug("optlab fused: loading the recorded kernel failed: %r", error)
         self._runner = None
         return False
-
-    def _plan_from(self, graph: torch.fx.GraphModule) -> list[tuple[int, bool]] | None:
-        """Map the graph's inputs to (argument index, is-its-element-count)."""
-        plan = []
-        for node in graph.graph.nodes:
-            if node.op != "placeholder":
-                continue
-            source = getattr(node.meta.get("grapharg"), "source", None)
-            base, is_size = source, False
-            if hasattr(source, "prop") and hasattr(source, "base"):
-                if (
-                    getattr(source.prop, "name", None) != "SIZE"
-                    or getattr(source, "idx", None) != 0
-                ):
-                    return None
-                base, is_size = source.base, True
-            name = getattr(base, "local_name", None)
-            if name not in self.names:
-                return None
-            plan.append((self.names.index(name), is_size))
-        return plan
 
     def _scratch(
         self, shapes: Sequence[tuple[int, ...]], num_scalars: int, seed: int
@@ -674,13 +605,7 @@ class _Kernel:
             self._runner = through_dynamo
             return self._runner
         scalars_index = len(self.names) - 1
-        view = ".view(-1)" if self._flat else ""
-        items = [
-            "h" if index == scalars_index else f"t[{index}]" + (".numel()" if is_size else view)
-            for index, is_size in self._plan
-        ]
-        source = f"lambda t, h: direct([{', '.join(items)}])"
-        self._runner = eval(source, {"direct": self._direct})  # noqa: S307 - generated above
+        self._runner = _inductor.wrapper_runner(self._direct, self._plan, scalars_index, self._flat)
         return self._runner
 
 
@@ -784,16 +709,7 @@ def _cache_dir() -> Path:
     Beside Inductor's artifacts, so that a new ``TORCHINDUCTOR_CACHE_DIR``
     (or clearing it) starts cold for both.
     """
-    root = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if root is None:
-        try:
-            user = getpass.getuser()
-        except (KeyError, ModuleNotFoundError, OSError):
-            user = f"uid_{os.getuid()}" if hasattr(os, "getuid") else "unknown_user"
-        root = os.path.join(
-            tempfile.gettempdir(), "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user)
-        )
-    return Path(root).absolute() / "optlab_fused"
+    return _inductor.cache_root() / "optlab_fused"
 
 
 @functools.cache
@@ -807,6 +723,25 @@ def _machine() -> str:
     except OSError:
         pass
     return f"{platform.machine()}|{cpu}"
+
+
+#: The code rules call (where that module exists): part of every kernel's source.
+_RULES_MODULE = "optlab.optim._rules"
+
+
+def _sources(kernel: _Kernel) -> list[str]:
+    """The modules a kernel's generated code depends on: this one, :mod:`._inductor`,
+    the rule's module and, where it exists, :data:`_RULES_MODULE`."""
+    names = [__name__, _inductor.__name__, kernel.rule.__module__]
+    if _RULES_MODULE not in names:
+        try:
+            importlib.import_module(_RULES_MODULE)
+        except ModuleNotFoundError as error:
+            if error.name != _RULES_MODULE:
+                raise
+        else:
+            names.append(_RULES_MODULE)
+    return names
 
 
 @functools.cache
@@ -824,7 +759,7 @@ def _record_path(kernel: _Kernel) -> Path:
             torch.__version__,
             sys.version,
             _machine(),
-            _source_digest(__name__, kernel.rule.__module__),
+            _source_digest(*_sources(kernel)),
             kernel.rule.__qualname__,
             sorted(kernel.flags.items()),
             kernel.present,
@@ -862,10 +797,10 @@ def _recorded(kernel: _Kernel) -> dict[str, Any] | None:
 
 def _remember(kernel: _Kernel, function: Any, items: list[str]) -> None:
     """Record where a checked C++ kernel lives and how to call it, for later processes."""
-    module = getattr(function, "__self__", None)
-    library, name = getattr(module, "__file__", None), getattr(module, "__name__", None)
-    if kernel.device.type != "cpu" or not library or not name:
+    location = _inductor.cpp_library(function)
+    if kernel.device.type != "cpu" or location is None:
         return
+    library, name = location
     path = _record_path(kernel)
     record = {"library": library, "module": name, "items": items}
     try:

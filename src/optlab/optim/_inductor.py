@@ -1,0 +1,301 @@
+"""Everything the fused path takes from TorchInductor's and Dynamo's private internals.
+
+Written for torch 2.13 (:data:`WRITTEN_FOR`). :mod:`optlab.optim._fused`
+reaches private torch API only through the functions below (and calls the
+public ``torch.compile``); each docstring names what it relies on, and
+``tests/test_inductor_api.py`` checks every one of those assumptions against
+the installed torch, naming its version and what moved. Where one stops
+holding at run time, the fused path degrades as :mod:`optlab.optim._fused`
+describes: a kernel called through Dynamo (slower) or compiled anew instead
+of loaded, never a wrong step (every way of calling a kernel is checked
+against the eager rule first).
+
+Nothing here imports Inductor at import time: that costs seconds, paid only
+when a kernel is compiled.
+"""
+
+from __future__ import annotations
+
+import getpass
+import importlib.util
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+#: The torch version this module was written (and last checked) for.
+WRITTEN_FOR = "2.13"
+
+#: The private attributes read here, as dotted paths (tests/test_inductor_api.py
+#: checks that each still exists).
+PRIVATE_API = (
+    "torch._inductor.compile_fx.compile_fx",
+    "torch._inductor.compile_fx.compile_fx_inner",
+    "torch._inductor.config.compile_threads",
+    "torch._functorch.config.enable_autograd_cache",
+    "torch.utils._triton.has_triton",
+    "torch._C._dynamo.guards._torchinductor_pyobject_tensor_data_ptr",
+)
+
+#: What a direct call's argument expressions are evaluated over: ``t`` the
+#: tensors of a bucket (tensor sets, then GradScaler's tensors), ``h`` the scalar vector.
+Runner = Callable[[Sequence[Tensor], Tensor], Any]
+
+
+# ----- availability ---------------------------------------------------------
+
+
+def missing() -> str | None:
+    """Why Dynamo and Inductor cannot be used, or ``None``: ``torch._dynamo`` and
+    ``torch._inductor`` are found (not imported: that takes seconds)."""
+    try:
+        found = all(importlib.util.find_spec(name) for name in ("torch._dynamo", "torch._inductor"))
+    except Exception as error:  # pragma: no cover - depends on the installation
+        return f"TorchInductor cannot be found ({type(error).__name__}: {error})"
+    if not found:  # pragma: no cover - depends on the installation
+        return "TorchInductor is not part of this torch installation"
+    return None
+
+
+def triton_missing() -> str | None:
+    """Why Inductor cannot emit Triton, or ``None``: ``torch.utils._triton.has_triton()``."""
+    try:
+        from torch.utils._triton import has_triton
+    except Exception:  # pragma: no cover
+        return "Triton support cannot be imported"
+    return None if has_triton() else "Triton is not installed (pip install triton)"
+
+
+def cache_root() -> Path:
+    """Inductor's cache folder, by its own rule, without importing Inductor.
+
+    Mirrors ``torch._inductor.runtime.cache_dir_utils.cache_dir()`` (which also
+    creates the folder and sets the variable): ``$TORCHINDUCTOR_CACHE_DIR``,
+    else ``default_cache_dir()``, ``<tempdir>/torchinductor_<user>``.
+    """
+    root = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if root is None:
+        try:
+            user = getpass.getuser()
+        except (KeyError, ModuleNotFoundError, OSError):
+            user = f"uid_{os.getuid()}" if hasattr(os, "getuid") else "unknown_user"
+        root = os.path.join(
+            tempfile.gettempdir(), "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user)
+        )
+    return Path(root).absolute()
+
+
+# ----- compiling --------------------------------------------------------------
+
+
+class Compiled(NamedTuple):
+    """A compiled function: ``call`` through Dynamo (guarded, always works), and
+    where found, Inductor's generated wrapper with the map of its inputs."""
+
+    call: Callable[..., Any]
+    #: The generated module's ``call(args)``; its tensor layout checks are switched off.
+    wrapper: Callable[[list[Any]], Any] | None
+    #: Per graph input: (index of the function's argument, whether it is its element count).
+    plan: list[tuple[int, bool]] | None
+
+
+def compile_function(
+    function: Callable[..., Any],
+    names: Sequence[str],
+    inputs: Sequence[Tensor],
+    options: Mapping[str, Any],
+) -> Compiled:
+    """``torch.compile(function, dynamic=True, fullgraph=True)``, run once on ``inputs``.
+
+    ``names`` are ``function``'s argument names. Raises what compiling raises.
+    Relies on:
+
+    - ``torch._inductor.compile_fx.compile_fx(graph, inputs, inner_compile=...)``
+      as the backend, and the output of ``compile_fx_inner`` having
+      ``current_callable``: the generated module's ``call``;
+    - the graph's placeholders carrying ``meta["grapharg"].source``: a local
+      argument's source has ``local_name``; an element count's has ``base``,
+      ``prop.name == "SIZE"`` and ``idx == 0`` (Dynamo's ``LocalSource`` and
+      ``TensorPropertySource``);
+    - ``torch._functorch.config.enable_autograd_cache`` and
+      ``torch._inductor.config`` (``options``, e.g. ``compile_threads``);
+    - the generated module's global ``assert_size_stride``, replaced by a
+      no-op (the caller passes only contiguous tensors, N-D ones indexed linearly).
+    """
+    from torch._inductor.compile_fx import compile_fx, compile_fx_inner
+
+    captured: dict[str, Any] = {}
+
+    def inner_compile(graph, example_inputs, **kwargs):
+        output = compile_fx_inner(graph, example_inputs, **kwargs)
+        captured["output"] = output
+        return output
+
+    def backend(graph, example_inputs):
+        captured["plan"] = _input_plan(graph, names)
+        return compile_fx(graph, example_inputs, inner_compile=inner_compile)
+
+    compiled = torch.compile(function, dynamic=True, fullgraph=True, backend=backend)
+    with (
+        torch.no_grad(),
+        torch._functorch.config.patch(enable_autograd_cache=False),
+        torch._inductor.config.patch(dict(options)),
+    ):
+        compiled(*inputs)
+    wrapper = getattr(captured.get("output"), "current_callable", None)
+    plan = captured.get("plan")
+    if wrapper is None or plan is None:
+        return Compiled(compiled, None, None)
+    module_globals = _globals(wrapper)
+    if "assert_size_stride" in module_globals:
+        module_globals["assert_size_stride"] = _no_layout_check
+    return Compiled(compiled, wrapper, plan)
+
+
+def _no_layout_check(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def _globals(function: Any) -> dict[str, Any]:
+    """The generated module's namespace, from its ``call`` (a function or a bound method)."""
+    return getattr(getattr(function, "__func__", function), "__globals__", {})
+
+
+def _input_plan(graph: torch.fx.GraphModule, names: Sequence[str]) -> list[tuple[int, bool]] | None:
+    """Map the graph's inputs to (argument index, is-its-element-count); ``None`` if one is neither."""
+    plan = []
+    for node in graph.graph.nodes:
+        if node.op != "placeholder":
+            continue
+        source = getattr(node.meta.get("grapharg"), "source", None)
+        base, is_size = source, False
+        if hasattr(source, "prop") and hasattr(source, "base"):
+            if getattr(source.prop, "name", None) != "SIZE" or getattr(source, "idx", None) != 0:
+                return None
+            base, is_size = source.base, True
+        name = getattr(base, "local_name", None)
+        if name not in names:
+            return None
+        plan.append((names.index(name), is_size))
+    return plan
+
+
+# ----- calling the generated code ---------------------------------------------
+
+
+def _generated_call(function: Callable[..., Any], items: Sequence[str], as_list: bool) -> Runner:
+    """``lambda t, h: function(*items)`` (or ``function([*items])``), generated once:
+    a bucket then costs one Python call and one argument display."""
+    arguments = ", ".join(items)
+    source = f"lambda t, h: f([{arguments}])" if as_list else f"lambda t, h: f({arguments})"
+    return eval(source, {"f": function})  # noqa: S307 - items are generated or checked by the caller
+
+
+def wrapper_runner(
+    wrapper: Callable[[list[Any]], Any],
+    plan: Sequence[tuple[int, bool]],
+    scalars_index: int,
+    flat: bool,
+) -> Runner:
+    """A runner calling Inductor's generated ``call`` on a bucket.
+
+    Relies on ``call`` taking one list: the graph's inputs in placeholder
+    order, an element count as a Python int. ``scalars_index`` is the scalar
+    vector's argument index; ``flat`` passes 1-D views of the tensors.
+    """
+    view = ".view(-1)" if flat else ""
+    items = [
+        "h" if index == scalars_index else f"t[{index}]" + (".numel()" if is_size else view)
+        for index, is_size in plan
+    ]
+    return _generated_call(wrapper, items, as_list=True)
+
+
+def cpp_kernel_call(
+    wrapper: Callable[[list[Any]], Any],
+    run: Callable[[], Any],
+    scratch: Sequence[Tensor],
+    sizes: Sequence[int],
+    width: int,
+) -> tuple[Callable[..., Any], list[str]] | None:
+    """The one C++ kernel the generated wrapper calls, and its arguments as runner expressions.
+
+    ``run()`` calls the wrapper once on ``scratch``: ``width`` tensors per set,
+    set ``i`` 1-D of ``sizes[i]`` elements (all distinct), then GradScaler's
+    tensors if any, then the scalar vector. Returns ``None`` where the wrapper
+    does not call exactly one kernel, once, with only these tensors and
+    sizes; raises what ``run`` raises. Relies on the generated module holding
+    the kernel as its one global named ``cpp_fused_*``, looked up at each
+    call (so a recorder can stand in for it), and on the kernel taking the
+    tensors themselves and element counts as Python ints.
+    """
+    module_globals = _globals(wrapper)
+    names = [name for name in module_globals if name.startswith("cpp_fused_")]
+    if len(names) != 1:
+        return None
+    name = names[0]
+    kernel = module_globals[name]
+    recorded: list[tuple[Any, ...]] = []
+
+    def record(*args: Any) -> Any:
+        recorded.append(args)
+        return kernel(*args)
+
+    module_globals[name] = record
+    try:
+        run()
+    finally:
+        module_globals[name] = kernel
+    if len(recorded) != 1:
+        return None
+    position = {id(tensor): index for index, tensor in enumerate(scratch)}
+    items = []
+    for value in recorded[0]:
+        if isinstance(value, Tensor) and id(value) in position:
+            index = position[id(value)]
+            items.append("h" if index == len(scratch) - 1 else f"t[{index}]")
+        elif type(value) is int and value in sizes:
+            items.append(f"t[{list(sizes).index(value) * width}].numel()")
+        else:
+            return None
+    return kernel, items
+
+
+def cpp_runner(kernel: Callable[..., Any], items: Sequence[str]) -> Runner:
+    """A runner calling a C++ kernel with the argument expressions of :func:`cpp_kernel_call`."""
+    return _generated_call(kernel, items, as_list=False)
+
+
+def cpp_library(kernel: Callable[..., Any]) -> tuple[str, str] | None:
+    """``(file, module name)`` of the compiled extension module holding ``kernel``, if known.
+
+    Relies on the kernel being a builtin function of that module (its ``__self__``).
+    """
+    module = getattr(kernel, "__self__", None)
+    library, name = getattr(module, "__file__", None), getattr(module, "__name__", None)
+    return (library, name) if library and name else None
+
+
+def load_cpp_kernel(module_name: str, library: str) -> Callable[..., Any]:
+    """The ``kernel`` function of a compiled module from an earlier process, without Inductor.
+
+    Relies on the module's initialisation reading the address of
+    ``torch._C._dynamo.guards._torchinductor_pyobject_tensor_data_ptr`` from
+    ``$_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR`` (as Inductor's loader sets
+    it), and on the module exposing its entry point as ``kernel``.
+    """
+    address = torch._C._dynamo.guards._torchinductor_pyobject_tensor_data_ptr
+    os.environ["_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR"] = str(address)
+    module = sys.modules.get(module_name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(module_name, library)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[module_name] = module
+    return module.kernel
