@@ -10,13 +10,13 @@ never been interrupted.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import io
 
 import pytest
 import torch
 
 import optlab
+from _registry_grid import builtin_params
 
 TOTAL_STEPS = 10
 #: The parameter with index LATE gets no gradient before step LATE_FROM, so a
@@ -87,21 +87,7 @@ def assert_bitwise_equal(a_opt, a_params, b_opt, b_params) -> None:
             assert torch.equal(a_state[index][key], value), f"state {key!r} of param {index}"
 
 
-def _available(name: str) -> bool:
-    module = optlab.get_spec(name).target.partition(":")[0]
-    return importlib.util.find_spec(module) is not None
-
-
-REGISTRY_NAMES = [
-    pytest.param(
-        name,
-        marks=pytest.mark.skipif(
-            not _available(name),
-            reason=f"{optlab.get_spec(name).target} is not written yet (another engineer's issue)",
-        ),
-    )
-    for name in optlab.list_optimizers()
-]
+REGISTRY_NAMES = builtin_params()
 
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 
 import pytest
 import torch
 
 import optlab
+from _registry_grid import builtin_params
 
 EXPECTED_NAMES = [
     "sgd",
@@ -46,19 +46,7 @@ CLASSIC = {
 }
 
 
-def _available(name: str) -> bool:
-    return importlib.util.find_spec(optlab.get_spec(name).target.partition(":")[0]) is not None
-
-
-AVAILABLE = [
-    pytest.param(
-        name,
-        marks=pytest.mark.skipif(
-            not _available(name), reason=f"{name}'s module is not written yet"
-        ),
-    )
-    for name in EXPECTED_NAMES
-]
+AVAILABLE = builtin_params(EXPECTED_NAMES)
 
 
 class Net(torch.nn.Module):

@@ -10,7 +10,6 @@ rejected ``load_state_dict`` leaves the optimizer exactly as it was.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
 import re
 
@@ -18,6 +17,7 @@ import pytest
 import torch
 
 import optlab
+from _registry_grid import builtin_params
 
 NONNEG = ">= 0"
 UNIT_OPEN = "[0, 1)"
@@ -152,19 +152,7 @@ def test_valid_edge_values_are_accepted(name, hparams):
 # ----- structural errors, for every optimizer in the registry ------------------
 
 
-def _available(name: str) -> bool:
-    return importlib.util.find_spec(optlab.get_spec(name).target.partition(":")[0]) is not None
-
-
-REGISTRY = [
-    pytest.param(
-        name,
-        marks=pytest.mark.skipif(
-            not _available(name), reason=f"{name}'s module is not written yet"
-        ),
-    )
-    for name in optlab.list_optimizers()
-]
+REGISTRY = builtin_params()
 
 
 @pytest.mark.parametrize("name", REGISTRY)
