@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RAY_STAMP := $(VENV)/.installed-ray
 
-.PHONY: demo test lint bench clean install
+.PHONY: demo test test-ray lint bench clean install
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,11 +16,20 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# Ray (optlab[ray]) only for the Ray tests: `make test` and `make install` stay without it.
+$(RAY_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,ray]'
+	touch $(RAY_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/python -m optlab.demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# The tests marked `ray`: a real local Ray cluster (a head and a worker node, loopback only).
+test-ray: $(RAY_STAMP)
+	$(BIN)/python -m pytest -q -p no:xdist -m ray tests/lab/test_ray.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
