@@ -47,134 +47,67 @@ from ._base import (
     check_bool,
     check_interval,
     check_nonnegative,
-    foreach_grads,
     group_by_device_and_dtype,
-    loop_grad,
+    hparams,
     scalar,
 )
-from ._fused import current_grad_scaling, fused_update, signed_grad
+from ._fused import current_grad_scaling, fused_update
+from ._rules import prepare_foreach, prepare_loop, prologue, select
 
-__all__ = ["SGD", "sgd"]
+__all__ = ["SGD"]
 
 
-def sgd(
-    params: list[Tensor],
-    grads: list[Tensor],
-    momentum_buffers: list[Tensor | None],
-    *,
-    lr: float,
-    momentum: float,
-    dampening: float,
-    weight_decay: float,
-    nesterov: bool,
-    maximize: bool,
-    implementation: str = "foreach",
-) -> None:
-    """Apply one SGD step in place.
+def _sgd_rule(param, grad, momentum_buffer, scalars, *, momentum) -> None:
+    """The rule for one tensor, elementwise: what the fused kernel is generated from.
 
-    With ``momentum != 0``, a ``None`` in ``momentum_buffers`` marks a
-    parameter's first step: its buffer is created (a copy of the gradient) and
-    stored into the list, for the caller to keep.
+    ``first_step`` (1.0 on a parameter's first step with momentum) makes the
+    buffer a copy of the gradient, as torch.optim's ``clone``.
     """
-    kernel = {
-        "loop": _single_tensor_sgd,
-        "foreach": _multi_tensor_sgd,
-        "fused": _fused_sgd,
-    }[implementation]
-    kernel(
-        params,
-        grads,
-        momentum_buffers,
-        lr=lr,
-        momentum=momentum,
-        dampening=dampening,
-        weight_decay=weight_decay,
-        nesterov=nesterov,
-        maximize=maximize,
+    decayed, grad, (lr, momentum_value, dampening, first_step, nesterov) = prologue(
+        param, grad, scalars
     )
+    if momentum:
+        buf = select(
+            first_step > 0, grad, momentum_buffer * momentum_value + (1 - dampening) * grad
+        )
+        momentum_buffer.copy_(buf)
+        grad = select(nesterov > 0, grad + momentum_value * buf, buf)
+    param.copy_(decayed - lr * grad)
 
 
-def _single_tensor_sgd(
-    params, grads, momentum_buffers, *,
-    lr, momentum, dampening, weight_decay, nesterov, maximize,
-) -> None:  # fmt: skip
-    for i, param in enumerate(params):
-        grad = loop_grad(param, grads[i], maximize=maximize, weight_decay=weight_decay)
+# The eager forms follow torch.optim.SGD's order of operations. A ``None`` in
+# ``momentum_buffers`` marks a parameter's first step with momentum: its buffer
+# is born as a copy of the gradient and stored into the list, for the caller.
+
+
+def _sgd_loop(group, steps, params, grads, momentum_buffers) -> None:
+    lr, momentum, dampening = scalar(group["lr"]), group["momentum"], group["dampening"]
+    for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
         if momentum != 0:
             buf = momentum_buffers[i]
             if buf is None:
                 buf = momentum_buffers[i] = grad.detach().clone()
             else:
                 buf.mul_(momentum).add_(grad, alpha=1 - dampening)
-            grad = grad.add(buf, alpha=momentum) if nesterov else buf
+            grad = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
         param.add_(grad, alpha=-lr)
 
 
-def _multi_tensor_sgd(
-    params, grads, momentum_buffers, *,
-    lr, momentum, dampening, weight_decay, nesterov, maximize,
-) -> None:  # fmt: skip
-    indices = list(range(len(params)))
-    runs = group_by_device_and_dtype(params, grads, indices)
-    for run_params, run_grads, run_indices in runs:
-        run_grads = foreach_grads(
-            run_params, run_grads, maximize=maximize, weight_decay=weight_decay
-        )
-        if momentum != 0:
-            bufs = [momentum_buffers[i] for i in run_indices]
-            if all(buf is not None for buf in bufs):
-                torch._foreach_mul_(bufs, momentum)
-                torch._foreach_add_(bufs, run_grads, alpha=1 - dampening)
-            else:  # some parameters take their first step
-                for k, i in enumerate(run_indices):
-                    if bufs[k] is None:
-                        bufs[k] = momentum_buffers[i] = run_grads[k].detach().clone()
-                    else:
-                        bufs[k].mul_(momentum).add_(run_grads[k], alpha=1 - dampening)
-            if nesterov:
-                run_grads = torch._foreach_add(run_grads, bufs, alpha=momentum)
-            else:
-                run_grads = bufs
-        torch._foreach_add_(run_params, run_grads, alpha=-lr)
-
-
-def _sgd_rule(param, grad, momentum_buffer, scalars, *, momentum) -> None:
-    """The rule for one tensor, elementwise: what the fused kernel is generated from."""
-    lr, sign, l2, momentum_value, dampening, first_step, nesterov = scalars.unbind()
-    grad = signed_grad(param, grad, sign, l2)
-    if momentum:
-        buf = torch.where(
-            first_step > 0, grad, momentum_buffer * momentum_value + (1 - dampening) * grad
-        )
-        momentum_buffer.copy_(buf)
-        grad = torch.where(nesterov > 0, grad + momentum_value * buf, buf)
-    param.copy_(param - lr * grad)
-
-
-def _fused_sgd(
-    params, grads, momentum_buffers, *,
-    lr, momentum, dampening, weight_decay, nesterov, maximize,
-) -> None:  # fmt: skip
-    first_steps = [buf is None for buf in momentum_buffers]
+def _sgd_foreach(group, steps, params, grads, momentum_buffers) -> None:
+    lr, momentum, dampening = scalar(group["lr"]), group["momentum"], group["dampening"]
     if momentum != 0:
-        for i, first in enumerate(first_steps):
-            if first:  # the kernel writes the gradient into it
-                momentum_buffers[i] = torch.zeros_like(grads[i])
-    fused_update(
-        _sgd_rule,
-        [params, grads, momentum_buffers if momentum != 0 else None],
-        lambda first: (
-            lr,
-            -1.0 if maximize else 1.0,
-            weight_decay,
-            momentum,
-            dampening,
-            float(first),
-            float(nesterov),
-        ),  # fmt: skip
-        first_steps,
-        momentum=momentum != 0,
-    )
+        bufs = momentum_buffers
+        if all(buf is not None for buf in bufs):
+            torch._foreach_mul_(bufs, momentum)
+            torch._foreach_add_(bufs, grads, alpha=1 - dampening)
+        else:  # some parameters take their first step
+            for k, buf in enumerate(bufs):
+                if buf is None:
+                    bufs[k] = grads[k].detach().clone()
+                else:
+                    buf.mul_(momentum).add_(grads[k], alpha=1 - dampening)
+        grads = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
+    torch._foreach_add_(params, grads, alpha=-lr)
 
 
 class SGD(OptlabOptimizer):
@@ -188,16 +121,15 @@ class SGD(OptlabOptimizer):
             from the second step on (default 0); in [0, 1].
         weight_decay: L2 penalty added to the gradient (default 0).
         nesterov: Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0``.
-        maximize: maximize the objective instead of minimizing it.
-        foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
+        {common}
         differentiable: accepted as ``False`` only (torch.optim's autograd through the step).
-        fused: ``True`` one generated kernel call per bucket of tensors (:mod:`optlab.optim._fused`);
-            ``None`` lets large groups use it (see there).
     """
 
     state_keys = ("momentum_buffer",)
     counts_steps = False
     torch_off_only = ("differentiable",)
+    rule = staticmethod(_sgd_rule)
+    forms = {"loop": _sgd_loop, "foreach": _sgd_foreach}
 
     def __init__(
         self,
@@ -213,18 +145,7 @@ class SGD(OptlabOptimizer):
         differentiable: bool = False,
         fused: bool | None = None,
     ) -> None:
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            dampening=dampening,
-            weight_decay=weight_decay,
-            nesterov=nesterov,
-            maximize=maximize,
-            foreach=foreach,
-            differentiable=differentiable,
-            fused=fused,
-        )
-        super().__init__(params, defaults)
+        super().__init__(params, hparams(locals()))
 
     def _check_hparams(self, group) -> None:
         check_nonnegative("lr", group["lr"])
@@ -248,27 +169,57 @@ class SGD(OptlabOptimizer):
         # The buffer is born on the first step as a copy of the gradient.
         return {}
 
+    def _scalars(self, group):
+        lr, momentum = scalar(group["lr"]), group["momentum"]
+        dampening, nesterov = group["dampening"], float(group["nesterov"])
+        return lambda first: (lr, momentum, dampening, float(bool(first)), nesterov)
+
+    def _flags(self, group) -> dict[str, bool]:
+        return {"momentum": group["momentum"] != 0}
+
     def _update_group(self, group, params, grads, states, implementation) -> None:
-        momentum = group["momentum"]
+        # Without momentum there is no state: the base class's dispatch as it is.
+        # With it the buffer is born on a parameter's first step (what the base's
+        # state lists, one tensor per parameter from the start, cannot say), so
+        # the first-step markers and buffers are passed here.
+        if group["momentum"] == 0:
+            super()._update_group(group, params, grads, states, implementation)
+            return
         # A checkpoint of torch <= 2.0 stores momentum_buffer=None: no buffer yet.
-        momentum_buffers: list[Tensor | None] = [
+        buffers: list[Tensor | None] = [
             None if state.get("momentum_buffer") is None else as_real(state["momentum_buffer"])
             for state in states
         ]
-        sgd(
-            params,
-            grads,
-            momentum_buffers,
-            lr=scalar(group["lr"]),
-            momentum=momentum,
-            dampening=group["dampening"],
-            weight_decay=group["weight_decay"],
-            nesterov=group["nesterov"],
-            maximize=group["maximize"],
-            implementation=implementation,
-        )
-        if momentum == 0:
-            return
+        firsts = [buffer is None for buffer in buffers]
+        sign = -1.0 if group["maximize"] else 1.0
+        l2, decay = self._decay(group)
+        if implementation == "fused":
+            for i, first in enumerate(firsts):
+                if first:  # the kernel writes the gradient into it
+                    buffers[i] = torch.zeros_like(grads[i])
+            own = self._scalars(group)
+            fused_update(
+                self.rule,
+                [params, grads, buffers],
+                lambda first: (sign, l2, decay, *own(first)),
+                firsts,
+                **self._flags(group),
+            )
+        elif implementation == "loop":
+            grads = [
+                prepare_loop(param, grad, sign=sign, l2=l2, decay=decay)
+                for param, grad in zip(params, grads, strict=True)
+            ]
+            _sgd_loop(group, None, params, grads, buffers)
+        else:
+            indices = list(range(len(params)))
+            for run_params, run_grads, run_buffers, run_indices in group_by_device_and_dtype(
+                params, grads, buffers, indices
+            ):
+                run_grads = prepare_foreach(run_params, run_grads, sign=sign, l2=l2, decay=decay)
+                _sgd_foreach(group, None, run_params, run_grads, run_buffers)
+                for i, buffer in zip(run_indices, run_buffers, strict=True):
+                    buffers[i] = buffer
         scaling = current_grad_scaling()
         if scaling is not None and bool(scaling[1]):
             # GradScaler found inf/NaN and the kernel left everything as it was:
@@ -282,8 +233,8 @@ class SGD(OptlabOptimizer):
         # complex buffers, as torch.optim.SGD does. ``_collect`` takes the
         # parameters that have a gradient, in group order.
         originals = [p for p in group["params"] if p.grad is not None]
-        for state, buf, original in zip(states, momentum_buffers, originals, strict=True):
-            if state.get("momentum_buffer") is None:
+        for state, buf, original, first in zip(states, buffers, originals, firsts, strict=True):
+            if first:
                 state["momentum_buffer"] = (
                     torch.view_as_complex(buf) if torch.is_complex(original) else buf
                 )
