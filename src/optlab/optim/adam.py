@@ -33,118 +33,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import (
-    OptlabOptimizer,
-    check_betas,
-    check_bool,
-    check_nonnegative,
-    foreach_grads,
-    group_by_device_and_dtype,
-    loop_grad,
-    scalar,
-)
-from ._fused import fused_update, signed_grad
+from ._base import OptlabOptimizer, check_betas, check_bool, check_nonnegative, hparams, scalar
+from ._rules import prologue
 
-__all__ = ["Adam", "AdamW", "adam"]
-
-
-def adam(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor] | None,
-    steps: list[Tensor],
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    amsgrad: bool,
-    maximize: bool,
-    decoupled_weight_decay: bool,
-    implementation: str = "foreach",
-) -> None:
-    """Apply one Adam step in place. ``steps`` already count this step."""
-    kernel = {"loop": _single_tensor_adam, "foreach": _multi_tensor_adam, "fused": _fused_adam}[
-        implementation
-    ]
-    kernel(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs,
-        steps,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        amsgrad=amsgrad,
-        maximize=maximize,
-        decoupled_weight_decay=decoupled_weight_decay,
-    )
-
-
-def _single_tensor_adam(
-    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *,
-    lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay,
-) -> None:  # fmt: skip
-    for i, param in enumerate(params):
-        if decoupled_weight_decay:
-            grad = loop_grad(param, grads[i], maximize=maximize, weight_decay=0.0)
-            if weight_decay != 0:
-                param.mul_(scalar(1 - lr * weight_decay))
-        else:
-            grad = loop_grad(param, grads[i], maximize=maximize, weight_decay=weight_decay)
-        exp_avg, exp_avg_sq = exp_avgs[i], exp_avg_sqs[i]
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-
-        step = steps[i].item()
-        bias_correction1 = 1 - beta1**step
-        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-        if amsgrad:
-            torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
-            denom = (max_exp_avg_sqs[i].sqrt() / bias_correction2_sqrt).add_(eps)
-        else:
-            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-        param.addcdiv_(exp_avg, denom, value=-scalar(lr / bias_correction1))
-
-
-def _multi_tensor_adam(
-    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *,
-    lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay,
-) -> None:  # fmt: skip
-    runs = group_by_device_and_dtype(
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else None, steps
-    )
-    for run_params, run_grads, run_exp_avgs, run_exp_avg_sqs, run_max, run_steps in runs:
-        if decoupled_weight_decay:
-            run_grads = foreach_grads(run_params, run_grads, maximize=maximize, weight_decay=0.0)
-            if weight_decay != 0:
-                torch._foreach_mul_(run_params, scalar(1 - lr * weight_decay))
-        else:
-            run_grads = foreach_grads(
-                run_params, run_grads, maximize=maximize, weight_decay=weight_decay
-            )
-        torch._foreach_lerp_(run_exp_avgs, run_grads, 1 - beta1)
-        torch._foreach_mul_(run_exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(run_exp_avg_sqs, run_grads, run_grads, 1 - beta2)
-
-        step_values = [step.item() for step in run_steps]
-        step_sizes = [-scalar(lr / (1 - beta1**step)) for step in step_values]
-        bias_correction2_sqrts = [(1 - beta2**step) ** 0.5 for step in step_values]
-        if amsgrad:
-            torch._foreach_maximum_(run_max, run_exp_avg_sqs)
-            denoms = torch._foreach_sqrt(run_max)
-        else:
-            denoms = torch._foreach_sqrt(run_exp_avg_sqs)
-        torch._foreach_div_(denoms, bias_correction2_sqrts)
-        torch._foreach_add_(denoms, eps)
-        torch._foreach_addcdiv_(run_params, run_exp_avgs, denoms, step_sizes)
+__all__ = ["Adam", "AdamW"]
 
 
 def _adam_rule(
@@ -152,12 +44,12 @@ def _adam_rule(
 ) -> None:  # fmt: skip
     """The rule for one tensor, elementwise: what the fused kernel is generated from.
 
-    Adam's L2 decay (``l2``) and AdamW's decoupled one (``decay_factor``, 1.0
-    for none) are both runtime scalars, so Adam and AdamW share the kernel.
+    Adam's L2 decay and AdamW's decoupled one are both runtime scalars (in the
+    prologue), so Adam and AdamW share the kernel.
     """
-    beta1, beta2, eps, sign, l2, decay_factor, step_size, bias_correction2_sqrt = scalars.unbind()
-    grad = signed_grad(param, grad, sign, l2)
-    new_param = param * decay_factor
+    decayed, grad, (beta1, beta2, eps, step_size, bias_correction2_sqrt) = prologue(
+        param, grad, scalars
+    )
     new_exp_avg = exp_avg + (1 - beta1) * (grad - exp_avg)
     new_exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * (grad * grad)
     if amsgrad:
@@ -166,31 +58,45 @@ def _adam_rule(
         denom = new_max.sqrt() / bias_correction2_sqrt + eps
     else:
         denom = new_exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
-    param.copy_(new_param - step_size * (new_exp_avg / denom))
+    param.copy_(decayed - step_size * (new_exp_avg / denom))
     exp_avg.copy_(new_exp_avg)
     exp_avg_sq.copy_(new_exp_avg_sq)
 
 
-def _fused_adam(
-    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *,
-    lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay,
-) -> None:  # fmt: skip
-    l2 = 0.0 if decoupled_weight_decay else weight_decay
-    decay_factor = scalar(1 - lr * weight_decay) if decoupled_weight_decay else 1.0
+# The eager forms follow torch.optim.Adam's order of operations (its oracle, to 1e-10).
+# A tensor lr rounds lr / (1 - beta1^t) in its dtype, as torch does.
 
-    def scalars(step: float) -> tuple[float, ...]:
-        return (
-            beta1, beta2, eps, -1.0 if maximize else 1.0, l2, decay_factor,
-            scalar(lr / (1 - beta1**step)), (1 - beta2**step) ** 0.5,
-        )  # fmt: skip
 
-    fused_update(
-        _adam_rule,
-        [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else None],
-        scalars,
-        [step.item() for step in steps],
-        amsgrad=amsgrad,
-    )
+def _adam_loop(group, steps, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs) -> None:
+    lr, (beta1, beta2), eps = group["lr"], map(scalar, group["betas"]), group["eps"]
+    for i, (param, grad, exp_avg, exp_avg_sq, step) in enumerate(
+        zip(params, grads, exp_avgs, exp_avg_sqs, steps, strict=True)
+    ):
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+        if max_exp_avg_sqs is not None:
+            torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
+            denom = (max_exp_avg_sqs[i].sqrt() / bias_correction2_sqrt).add_(eps)
+        else:
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+        param.addcdiv_(exp_avg, denom, value=-scalar(lr / (1 - beta1**step)))
+
+
+def _adam_foreach(group, steps, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs) -> None:
+    lr, (beta1, beta2), eps = group["lr"], map(scalar, group["betas"]), group["eps"]
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+    if max_exp_avg_sqs is not None:
+        torch._foreach_maximum_(max_exp_avg_sqs, exp_avg_sqs)
+        denoms = torch._foreach_sqrt(max_exp_avg_sqs)
+    else:
+        denoms = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denoms, [(1 - beta2**step) ** 0.5 for step in steps])
+    torch._foreach_add_(denoms, eps)
+    step_sizes = [-scalar(lr / (1 - beta1**step)) for step in steps]
+    torch._foreach_addcdiv_(params, exp_avgs, denoms, step_sizes)
 
 
 class Adam(OptlabOptimizer):
@@ -204,17 +110,15 @@ class Adam(OptlabOptimizer):
         weight_decay: L2 penalty added to the gradient (default 0), or
             decoupled weight decay when ``decoupled_weight_decay=True``.
         amsgrad: use the running maximum of the second moment (default False).
-        maximize: maximize the objective instead of minimizing it.
-        foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
-        capturable: accepted as ``False`` only (torch.optim's CUDA-graph capture).
-        differentiable: accepted as ``False`` only (torch.optim's autograd through the step).
-        fused: ``True`` one generated kernel call per bucket of tensors (:mod:`optlab.optim._fused`);
-            ``None`` lets large groups use it (see there).
         decoupled_weight_decay: AdamW's decoupled decay (default False).
+        {common}
+        {torch_off}
     """
 
     state_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     torch_off_only = ("capturable", "differentiable")
+    rule = staticmethod(_adam_rule)
+    forms = {"loop": _adam_loop, "foreach": _adam_foreach}
 
     def __init__(
         self,
@@ -232,20 +136,7 @@ class Adam(OptlabOptimizer):
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
     ) -> None:
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-            maximize=maximize,
-            foreach=foreach,
-            capturable=capturable,
-            differentiable=differentiable,
-            fused=fused,
-            decoupled_weight_decay=decoupled_weight_decay,
-        )
-        super().__init__(params, defaults)
+        super().__init__(params, hparams(locals()))
 
     def _check_hparams(self, group) -> None:
         check_nonnegative("lr", group["lr"])
@@ -261,34 +152,25 @@ class Adam(OptlabOptimizer):
             state["max_exp_avg_sq"] = self._zeros_like(param)
         return state
 
-    def _update_group(self, group, params, grads, states, implementation) -> None:
-        amsgrad = group["amsgrad"]
-        real = self._real_states(states)
-        beta1, beta2 = group["betas"]
-        adam(
-            params,
-            grads,
-            real["exp_avg"],
-            real["exp_avg_sq"],
-            real["max_exp_avg_sq"] if amsgrad else None,
-            [state["step"] for state in states],
-            lr=group["lr"],  # a tensor lr rounds lr / (1 - beta1^t) in its dtype, as torch
-            beta1=scalar(beta1),
-            beta2=scalar(beta2),
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            amsgrad=amsgrad,
-            maximize=group["maximize"],
-            decoupled_weight_decay=group["decoupled_weight_decay"],
-            implementation=implementation,
-        )
+    def _scalars(self, group):
+        lr, (beta1, beta2), eps = group["lr"], map(scalar, group["betas"]), group["eps"]
+        return lambda step: (
+            beta1, beta2, eps, scalar(lr / (1 - beta1**step)), (1 - beta2**step) ** 0.5
+        )  # fmt: skip
+
+    def _flags(self, group) -> dict[str, bool]:
+        return {"amsgrad": group["amsgrad"]}
 
 
 class AdamW(Adam):
     """AdamW: Adam with decoupled weight decay, a drop-in for ``torch.optim.AdamW``.
 
-    Same arguments as :class:`Adam`; ``weight_decay`` defaults to 1e-2 and is
-    always decoupled: ``p = p * (1 - lr * weight_decay)`` before the Adam step.
+    Args:
+        params, lr, betas, eps, amsgrad: as :class:`Adam`'s.
+        weight_decay: always decoupled, ``p = p * (1 - lr * weight_decay)`` before
+            the Adam step (default 1e-2).
+        {common}
+        {torch_off}
     """
 
     def __init__(
@@ -306,20 +188,7 @@ class AdamW(Adam):
         differentiable: bool = False,
         fused: bool | None = None,
     ) -> None:
-        super().__init__(
-            params,
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-            maximize=maximize,
-            foreach=foreach,
-            capturable=capturable,
-            differentiable=differentiable,
-            fused=fused,
-            decoupled_weight_decay=True,
-        )
+        super().__init__(params, **hparams(locals()), decoupled_weight_decay=True)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
