@@ -52,7 +52,7 @@ from ._base import (
     scalar,
 )
 from ._fused import current_grad_scaling, fused_update
-from ._rules import prepare_foreach, prepare_loop, prologue, select
+from ._rules import derived_form, prepare_foreach, prepare_loop, prologue, select
 
 __all__ = ["SGD"]
 
@@ -193,12 +193,14 @@ class SGD(OptlabOptimizer):
         firsts = [buffer is None for buffer in buffers]
         sign = -1.0 if group["maximize"] else 1.0
         l2, decay = self._decay(group)
-        if implementation == "fused":
+        form = self.forms.get(implementation)
+        if form is None:  # the fused kernel, or the rule eagerly per tensor
             for i, first in enumerate(firsts):
-                if first:  # the kernel writes the gradient into it
+                if first:  # the rule writes the gradient into it
                     buffers[i] = torch.zeros_like(grads[i])
             own = self._scalars(group)
-            fused_update(
+            run = fused_update if implementation == "fused" else derived_form
+            run(
                 self.rule,
                 [params, grads, buffers],
                 lambda first: (sign, l2, decay, *own(first)),
@@ -210,14 +212,14 @@ class SGD(OptlabOptimizer):
                 prepare_loop(param, grad, sign=sign, l2=l2, decay=decay)
                 for param, grad in zip(params, grads, strict=True)
             ]
-            _sgd_loop(group, None, params, grads, buffers)
+            form(group, None, params, grads, buffers)
         else:
             indices = list(range(len(params)))
             for run_params, run_grads, run_buffers, run_indices in group_by_device_and_dtype(
                 params, grads, buffers, indices
             ):
                 run_grads = prepare_foreach(run_params, run_grads, sign=sign, l2=l2, decay=decay)
-                _sgd_foreach(group, None, run_params, run_grads, run_buffers)
+                form(group, None, run_params, run_grads, run_buffers)
                 for i, buffer in zip(run_indices, run_buffers, strict=True):
                     buffers[i] = buffer
         scaling = current_grad_scaling()
