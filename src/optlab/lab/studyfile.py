@@ -170,31 +170,43 @@ def study_from_values(given: Mapping[str, Any]) -> StudySpec:
 # -------------------------------------------------------------------- command line
 
 
-def add_study_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags that define a study (every row of :data:`FIELDS`)."""
-    group = parser.add_argument_group("study (the same fields as a study file; see optlab run)")
-    for spelling in FIELDS:
+def _add_flags(group: Any, fields: Any, prefix: str) -> None:
+    for spelling in fields:
         options: dict[str, Any] = {"metavar": spelling.metavar}
         if spelling.choices is not None:
             options = {"choices": list(spelling.choices())}
         group.add_argument(
             spelling.flag,
-            dest=f"study_{spelling.name}",
+            dest=f"{prefix}_{spelling.name}",
             action="append" if spelling.repeat else "store",
             help=spelling.help,
             **options,
         )
 
 
+def _parsed_flags(args: argparse.Namespace, fields: Any, prefix: str) -> dict[str, Any]:
+    """The values of the flags given, parsed; ``ValueError`` naming the flag."""
+    given = {}
+    for spelling in fields:
+        raw = getattr(args, f"{prefix}_{spelling.name}", None)
+        if raw is None:
+            continue
+        try:
+            given[spelling.name] = spelling.parse(raw)
+        except ValueError as error:
+            raise ValueError(f"{spelling.flag}: {error}") from None
+    return given
+
+
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that define a study (every row of :data:`FIELDS`)."""
+    group = parser.add_argument_group("study (the same fields as a study file; see optlab run)")
+    _add_flags(group, FIELDS, "study")
+
+
 def add_execution_arguments(group: Any) -> None:
     """The flags of :data:`~optlab.lab.fields.EXECUTION_FIELDS` (into an argument group)."""
-    for spelling in EXECUTION_FIELDS:
-        options: dict[str, Any] = {"metavar": spelling.metavar}
-        if spelling.choices is not None:
-            options = {"choices": list(spelling.choices())}
-        group.add_argument(
-            spelling.flag, dest=f"exec_{spelling.name}", help=spelling.help, **options
-        )
+    _add_flags(group, EXECUTION_FIELDS, "exec")
 
 
 def execution_settings(given: Mapping[str, Any]) -> dict[str, Any]:
@@ -217,30 +229,14 @@ def execution_from_args(
     args: argparse.Namespace, from_file: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """The execution settings: the flags over the study file's keys over the defaults."""
-    given = dict(from_file or {})
-    for spelling in EXECUTION_FIELDS:
-        raw = getattr(args, f"exec_{spelling.name}", None)
-        if raw is None:
-            continue
-        try:
-            given[spelling.name] = spelling.parse(raw)
-        except ValueError as error:
-            raise ValueError(f"{spelling.flag}: {error}") from None
-    return execution_settings(given)
+    return execution_settings(
+        {**(from_file or {}), **_parsed_flags(args, EXECUTION_FIELDS, "exec")}
+    )
 
 
 def study_from_args(args: argparse.Namespace) -> StudySpec:
     """The study the flags describe; ``ValueError`` (one line naming the flag) when wrong."""
-    given = {}
-    for spelling in FIELDS:
-        raw = getattr(args, f"study_{spelling.name}", None)
-        if raw is None:
-            continue
-        try:
-            given[spelling.name] = spelling.parse(raw)
-        except ValueError as error:
-            raise ValueError(f"{spelling.flag}: {error}") from None
-    return study_from_values(given)
+    return study_from_values(_parsed_flags(args, FIELDS, "study"))
 
 
 def compare_command(study: StudySpec, out: str | Path) -> str | None:
