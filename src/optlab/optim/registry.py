@@ -18,6 +18,10 @@ The registry lists, in this order:
   :func:`register_optimizer`;
 - yours, from :func:`register_optimizer`, in the order they were made.
 
+A target is a class or ``"module:Class"``. Every entry but optlab's own is
+imported and checked when it is registered (so a typo fails there, and every
+listed entry can be built); optlab's own are imported on first use.
+
 An entry point names one of: an ``Optimizer`` subclass (registered under the
 entry point's name, described by the first line of its docstring), an
 :class:`OptimizerSpec` (registered under the spec's name), or a function that
