@@ -69,7 +69,7 @@ IN_FEATURES, HIDDEN, OUT_FEATURES = 6, 8, 3
 def combos() -> tuple[list[tuple[str, str]], dict[str, str]]:
     """Every (registry name, implementation) pair, and the names whose module is missing."""
     pairs, missing = [], {}
-    for name in list_optimizers():
+    for name in list_optimizers(builtin_only=True):
         try:
             cls = optimizer_class(name)
         except ImportError as error:
@@ -83,7 +83,7 @@ def hparams(name: str, implementation: str) -> dict[str, Any]:
     """Keyword arguments for the registry entry ``name`` (its overrides included)."""
     return {
         **get_spec(name).overrides,
-        "lr": LEARNING_RATES[name],
+        "lr": LEARNING_RATES.get(name, 0.01),
         **IMPLEMENTATION_FLAGS[implementation],
     }
 

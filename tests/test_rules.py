@@ -23,7 +23,7 @@ from optlab.optim import get_spec, list_optimizers
 from optlab.optim._base import OptlabOptimizer
 from optlab.optim._rules import HostScalars, prologue, select
 
-NAMES = list_optimizers()
+NAMES = list_optimizers(builtin_only=True)
 
 
 def _optlab_class(name: str) -> type[OptlabOptimizer]:
