@@ -45,110 +45,21 @@ from ._base import (
     check_bool,
     check_interval,
     check_nonnegative,
-    foreach_grads,
-    group_by_device_and_dtype,
-    loop_grad,
+    hparams,
     scalar,
 )
-from ._fused import fused_update, signed_grad
+from ._rules import prologue
 
-__all__ = ["EAdam", "eadam"]
-
-
-def eadam(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor] | None,
-    steps: list[Tensor],
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    amsgrad: bool,
-    maximize: bool,
-    implementation: str = "foreach",
-) -> None:
-    """Apply one EAdam step in place. ``steps`` already count this step."""
-    kernel = {
-        "loop": _single_tensor_eadam,
-        "foreach": _multi_tensor_eadam,
-        "fused": _fused_eadam,
-    }[implementation]
-    kernel(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_sqs,
-        max_exp_avg_sqs,
-        steps,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        amsgrad=amsgrad,
-        maximize=maximize,
-    )
+__all__ = ["EAdam"]
 
 
 def _step_size(step: float, *, lr: float, beta1: float, beta2: float) -> float:
     return lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
 
 
-def _single_tensor_eadam(
-    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *,
-    lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
-) -> None:  # fmt: skip
-    for i, param in enumerate(params):
-        grad = loop_grad(param, grads[i], maximize=maximize, weight_decay=weight_decay)
-        exp_avg, exp_avg_sq = exp_avgs[i], exp_avg_sqs[i]
-        exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        exp_avg_sq.add_(eps)
-        if amsgrad:
-            torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
-            denom = max_exp_avg_sqs[i].sqrt()
-        else:
-            denom = exp_avg_sq.sqrt()
-        step_size = _step_size(steps[i].item(), lr=lr, beta1=beta1, beta2=beta2)
-        param.addcdiv_(exp_avg, denom, value=-step_size)
-
-
-def _multi_tensor_eadam(
-    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *,
-    lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
-) -> None:  # fmt: skip
-    runs = group_by_device_and_dtype(
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else None, steps
-    )
-    for run_params, run_grads, run_exp_avgs, run_exp_avg_sqs, run_max, run_steps in runs:
-        run_grads = foreach_grads(
-            run_params, run_grads, maximize=maximize, weight_decay=weight_decay
-        )
-        torch._foreach_mul_(run_exp_avgs, beta1)
-        torch._foreach_add_(run_exp_avgs, run_grads, alpha=1 - beta1)
-        torch._foreach_mul_(run_exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(run_exp_avg_sqs, run_grads, run_grads, 1 - beta2)
-        torch._foreach_add_(run_exp_avg_sqs, eps)
-        if amsgrad:
-            torch._foreach_maximum_(run_max, run_exp_avg_sqs)
-            denoms = torch._foreach_sqrt(run_max)
-        else:
-            denoms = torch._foreach_sqrt(run_exp_avg_sqs)
-        step_sizes = [
-            -_step_size(step.item(), lr=lr, beta1=beta1, beta2=beta2) for step in run_steps
-        ]
-        torch._foreach_addcdiv_(run_params, run_exp_avgs, denoms, step_sizes)
-
-
 def _eadam_rule(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars, *, amsgrad) -> None:
     """The rule for one tensor, elementwise: what the fused kernel is generated from."""
-    beta1, beta2, eps, sign, l2, step_size = scalars.unbind()
-    grad = signed_grad(param, grad, sign, l2)
+    decayed, grad, (beta1, beta2, eps, step_size) = prologue(param, grad, scalars)
     new_exp_avg = exp_avg * beta1 + (1 - beta1) * grad
     new_exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * (grad * grad) + eps
     if amsgrad:
@@ -157,26 +68,51 @@ def _eadam_rule(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars, *, am
         denom = new_max.sqrt()
     else:
         denom = new_exp_avg_sq.sqrt()
-    param.copy_(param - step_size * (new_exp_avg / denom))
+    param.copy_(decayed - step_size * (new_exp_avg / denom))
     exp_avg.copy_(new_exp_avg)
     exp_avg_sq.copy_(new_exp_avg_sq)
 
 
-def _fused_eadam(
-    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *,
-    lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
-) -> None:  # fmt: skip
-    def scalars(step: float) -> tuple[float, ...]:
-        step_size = _step_size(step, lr=lr, beta1=beta1, beta2=beta2)
-        return (beta1, beta2, eps, -1.0 if maximize else 1.0, weight_decay, step_size)
+# No reference package to follow, but the eager forms are kept: they give bitwise
+# the results EAdam gave before the rules, and the multi-tensor one runs as
+# torch._foreach_* ops (the derived form would run the rule per tensor).
 
-    fused_update(
-        _eadam_rule,
-        [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else None],
-        scalars,
-        [step.item() for step in steps],
-        amsgrad=amsgrad,
-    )
+
+def _hyper(group) -> tuple[float, float, float, float]:
+    beta1, beta2 = map(scalar, group["betas"])
+    return scalar(group["lr"]), beta1, beta2, group["eps"]
+
+
+def _eadam_loop(group, steps, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs) -> None:
+    lr, beta1, beta2, eps = _hyper(group)
+    for i, (param, grad, exp_avg, exp_avg_sq, step) in enumerate(
+        zip(params, grads, exp_avgs, exp_avg_sqs, steps, strict=True)
+    ):
+        exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        exp_avg_sq.add_(eps)
+        if max_exp_avg_sqs is not None:
+            torch.maximum(max_exp_avg_sqs[i], exp_avg_sq, out=max_exp_avg_sqs[i])
+            denom = max_exp_avg_sqs[i].sqrt()
+        else:
+            denom = exp_avg_sq.sqrt()
+        param.addcdiv_(exp_avg, denom, value=-_step_size(step, lr=lr, beta1=beta1, beta2=beta2))
+
+
+def _eadam_foreach(group, steps, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs) -> None:
+    lr, beta1, beta2, eps = _hyper(group)
+    torch._foreach_mul_(exp_avgs, beta1)
+    torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+    torch._foreach_add_(exp_avg_sqs, eps)
+    if max_exp_avg_sqs is not None:
+        torch._foreach_maximum_(max_exp_avg_sqs, exp_avg_sqs)
+        denoms = torch._foreach_sqrt(max_exp_avg_sqs)
+    else:
+        denoms = torch._foreach_sqrt(exp_avg_sqs)
+    step_sizes = [-_step_size(step, lr=lr, beta1=beta1, beta2=beta2) for step in steps]
+    torch._foreach_addcdiv_(params, exp_avgs, denoms, step_sizes)
 
 
 class EAdam(OptlabOptimizer):
@@ -189,14 +125,13 @@ class EAdam(OptlabOptimizer):
         eps: added to ``exp_avg_sq`` every step, inside the square root (default 1e-8).
         weight_decay: L2 penalty added to the gradient (default 0).
         amsgrad: divide by the running maximum of ``exp_avg_sq`` (default False).
-        maximize: maximize the objective instead of minimizing it.
-        foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
-        fused: ``True`` one generated kernel call per bucket of tensors (:mod:`optlab.optim._fused`);
-            ``None`` lets large groups use it (see there).
+        {common}
     """
 
     state_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     fp32_for_low_precision = True
+    rule = staticmethod(_eadam_rule)
+    forms = {"loop": _eadam_loop, "foreach": _eadam_foreach}
 
     def __init__(
         self,
@@ -211,17 +146,7 @@ class EAdam(OptlabOptimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
     ) -> None:
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-            maximize=maximize,
-            foreach=foreach,
-            fused=fused,
-        )
-        super().__init__(params, defaults)
+        super().__init__(params, hparams(locals()))
 
     def _check_hparams(self, group) -> None:
         check_nonnegative("lr", group["lr"])
@@ -237,23 +162,11 @@ class EAdam(OptlabOptimizer):
             state["max_exp_avg_sq"] = self._zeros_like(param)
         return state
 
-    def _update_group(self, group, params, grads, states, implementation) -> None:
-        amsgrad = group["amsgrad"]
-        real = self._real_states(states)
-        beta1, beta2 = group["betas"]
-        eadam(
-            params,
-            grads,
-            real["exp_avg"],
-            real["exp_avg_sq"],
-            real["max_exp_avg_sq"] if amsgrad else None,
-            [state["step"] for state in states],
-            lr=scalar(group["lr"]),
-            beta1=scalar(beta1),
-            beta2=scalar(beta2),
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            amsgrad=amsgrad,
-            maximize=group["maximize"],
-            implementation=implementation,
-        )
+    def _scalars(self, group):
+        lr, beta1, beta2, eps = _hyper(group)
+        return lambda step: (
+            beta1, beta2, eps, _step_size(step, lr=lr, beta1=beta1, beta2=beta2)
+        )  # fmt: skip
+
+    def _flags(self, group) -> dict[str, bool]:
+        return {"amsgrad": group["amsgrad"]}
