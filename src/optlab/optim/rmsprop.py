@@ -45,67 +45,43 @@ from ._base import (
     check_bool,
     check_interval,
     check_nonnegative,
-    foreach_grads,
-    group_by_device_and_dtype,
-    loop_grad,
+    hparams,
     scalar,
 )
-from ._fused import fused_update, signed_grad
+from ._rules import prologue
 
-__all__ = ["RMSprop", "rmsprop"]
-
-
-def rmsprop(
-    params: list[Tensor],
-    grads: list[Tensor],
-    square_avgs: list[Tensor],
-    grad_avgs: list[Tensor] | None,
-    momentum_buffers: list[Tensor] | None,
-    steps: list[Tensor],
-    *,
-    lr: float,
-    alpha: float,
-    eps: float,
-    weight_decay: float,
-    momentum: float,
-    centered: bool,
-    maximize: bool,
-    implementation: str = "foreach",
-) -> None:
-    """Apply one RMSprop step in place. ``steps`` already count this step (unused by the rule).
-
-    ``grad_avgs`` is used only when ``centered``, ``momentum_buffers`` only
-    when ``momentum > 0``; pass ``None`` otherwise.
-    """
-    kernel = {
-        "loop": _single_tensor_rmsprop,
-        "foreach": _multi_tensor_rmsprop,
-        "fused": _fused_rmsprop,
-    }[implementation]
-    kernel(
-        params,
-        grads,
-        square_avgs,
-        grad_avgs,
-        momentum_buffers,
-        steps,
-        lr=lr,
-        alpha=alpha,
-        eps=eps,
-        weight_decay=weight_decay,
-        momentum=momentum,
-        centered=centered,
-        maximize=maximize,
-    )
+__all__ = ["RMSprop"]
 
 
-def _single_tensor_rmsprop(
-    params, grads, square_avgs, grad_avgs, momentum_buffers, steps, *,
-    lr, alpha, eps, weight_decay, momentum, centered, maximize,
+def _rmsprop_rule(
+    param, grad, square_avg, grad_avg, momentum_buffer, scalars, *,
+    centered, momentum,
 ) -> None:  # fmt: skip
-    for i, param in enumerate(params):
-        grad = loop_grad(param, grads[i], maximize=maximize, weight_decay=weight_decay)
-        square_avg = square_avgs[i]
+    """The rule for one tensor, elementwise: what the fused kernel is generated from."""
+    decayed, grad, (lr, alpha, eps, momentum_value) = prologue(param, grad, scalars)
+    new_square_avg = square_avg * alpha + (1 - alpha) * (grad * grad)
+    square_avg.copy_(new_square_avg)
+    if centered:
+        new_grad_avg = grad_avg + (1 - alpha) * (grad - grad_avg)
+        grad_avg.copy_(new_grad_avg)
+        avg = (new_square_avg - new_grad_avg * new_grad_avg).sqrt() + eps
+    else:
+        avg = new_square_avg.sqrt() + eps
+    if momentum:
+        buf = momentum_buffer * momentum_value + grad / avg
+        momentum_buffer.copy_(buf)
+        param.copy_(decayed - lr * buf)
+    else:
+        param.copy_(decayed - lr * (grad / avg))
+
+
+# The eager forms follow torch.optim.RMSprop's order of operations.
+
+
+def _rmsprop_loop(group, steps, params, grads, square_avgs, grad_avgs, momentum_buffers) -> None:
+    lr, alpha, eps = scalar(group["lr"]), group["alpha"], group["eps"]
+    momentum, centered = group["momentum"], group["centered"]
+    for i, (param, grad, square_avg) in enumerate(zip(params, grads, square_avgs, strict=True)):
         square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
         if centered:
             grad_avg = grad_avgs[i]
@@ -122,79 +98,24 @@ def _single_tensor_rmsprop(
             param.addcdiv_(grad, avg, value=-lr)
 
 
-def _multi_tensor_rmsprop(
-    params, grads, square_avgs, grad_avgs, momentum_buffers, steps, *,
-    lr, alpha, eps, weight_decay, momentum, centered, maximize,
-) -> None:  # fmt: skip
-    runs = group_by_device_and_dtype(
-        params,
-        grads,
-        square_avgs,
-        grad_avgs if centered else None,
-        momentum_buffers if momentum > 0 else None,
-    )
-    for run_params, run_grads, run_square_avgs, run_grad_avgs, run_buffers in runs:
-        run_grads = foreach_grads(
-            run_params, run_grads, maximize=maximize, weight_decay=weight_decay
-        )
-        torch._foreach_mul_(run_square_avgs, alpha)
-        torch._foreach_addcmul_(run_square_avgs, run_grads, run_grads, value=1 - alpha)
-        if centered:
-            torch._foreach_lerp_(run_grad_avgs, run_grads, 1 - alpha)
-            avgs = torch._foreach_addcmul(run_square_avgs, run_grad_avgs, run_grad_avgs, value=-1)
-            torch._foreach_sqrt_(avgs)
-        else:
-            avgs = torch._foreach_sqrt(run_square_avgs)
-        torch._foreach_add_(avgs, eps)
-        if momentum > 0:
-            torch._foreach_mul_(run_buffers, momentum)
-            torch._foreach_addcdiv_(run_buffers, run_grads, avgs)
-            torch._foreach_add_(run_params, run_buffers, alpha=-lr)
-        else:
-            torch._foreach_addcdiv_(run_params, run_grads, avgs, value=-lr)
-
-
-def _rmsprop_rule(
-    param, grad, square_avg, grad_avg, momentum_buffer, scalars, *,
-    centered, momentum,
-) -> None:  # fmt: skip
-    """The rule for one tensor, elementwise: what the fused kernel is generated from."""
-    lr, alpha, eps, sign, l2, momentum_value = scalars.unbind()
-    grad = signed_grad(param, grad, sign, l2)
-    new_square_avg = square_avg * alpha + (1 - alpha) * (grad * grad)
-    square_avg.copy_(new_square_avg)
-    if centered:
-        new_grad_avg = grad_avg + (1 - alpha) * (grad - grad_avg)
-        grad_avg.copy_(new_grad_avg)
-        avg = (new_square_avg - new_grad_avg * new_grad_avg).sqrt() + eps
+def _rmsprop_foreach(group, steps, params, grads, square_avgs, grad_avgs, momentum_buffers) -> None:
+    lr, alpha, eps = scalar(group["lr"]), group["alpha"], group["eps"]
+    momentum = group["momentum"]
+    torch._foreach_mul_(square_avgs, alpha)
+    torch._foreach_addcmul_(square_avgs, grads, grads, value=1 - alpha)
+    if group["centered"]:
+        torch._foreach_lerp_(grad_avgs, grads, 1 - alpha)
+        avgs = torch._foreach_addcmul(square_avgs, grad_avgs, grad_avgs, value=-1)
+        torch._foreach_sqrt_(avgs)
     else:
-        avg = new_square_avg.sqrt() + eps
-    if momentum:
-        buf = momentum_buffer * momentum_value + grad / avg
-        momentum_buffer.copy_(buf)
-        param.copy_(param - lr * buf)
+        avgs = torch._foreach_sqrt(square_avgs)
+    torch._foreach_add_(avgs, eps)
+    if momentum > 0:
+        torch._foreach_mul_(momentum_buffers, momentum)
+        torch._foreach_addcdiv_(momentum_buffers, grads, avgs)
+        torch._foreach_add_(params, momentum_buffers, alpha=-lr)
     else:
-        param.copy_(param - lr * (grad / avg))
-
-
-def _fused_rmsprop(
-    params, grads, square_avgs, grad_avgs, momentum_buffers, steps, *,
-    lr, alpha, eps, weight_decay, momentum, centered, maximize,
-) -> None:  # fmt: skip
-    fused_update(
-        _rmsprop_rule,
-        [
-            params,
-            grads,
-            square_avgs,
-            grad_avgs if centered else None,
-            momentum_buffers if momentum > 0 else None,
-        ],
-        lambda _: (lr, alpha, eps, -1.0 if maximize else 1.0, weight_decay, momentum),
-        None,
-        centered=centered,
-        momentum=momentum > 0,
-    )
+        torch._foreach_addcdiv_(params, grads, avgs, value=-lr)
 
 
 class RMSprop(OptlabOptimizer):
@@ -210,16 +131,14 @@ class RMSprop(OptlabOptimizer):
         momentum: momentum factor on the scaled step (default 0).
         centered: divide by an estimate of the gradient's variance instead of
             its second moment (default False).
-        capturable: accepted as ``False`` only (torch.optim's CUDA-graph capture).
-        foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
-        maximize: maximize the objective instead of minimizing it.
-        differentiable: accepted as ``False`` only (torch.optim's autograd through the step).
-        fused: ``True`` one generated kernel call per bucket of tensors (:mod:`optlab.optim._fused`);
-            ``None`` lets large groups use it (see there).
+        {common}
+        {torch_off}
     """
 
-    state_keys = ("square_avg", "momentum_buffer", "grad_avg")
+    state_keys = ("square_avg", "grad_avg", "momentum_buffer")
     torch_off_only = ("capturable", "differentiable")
+    rule = staticmethod(_rmsprop_rule)
+    forms = {"loop": _rmsprop_loop, "foreach": _rmsprop_foreach}
 
     def __init__(
         self,
@@ -237,27 +156,13 @@ class RMSprop(OptlabOptimizer):
         *,
         fused: bool | None = None,
     ) -> None:
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            alpha=alpha,
-            eps=eps,
-            centered=centered,
-            weight_decay=weight_decay,
-            capturable=capturable,
-            foreach=foreach,
-            maximize=maximize,
-            differentiable=differentiable,
-            fused=fused,
-        )
-        super().__init__(params, defaults)
+        super().__init__(params, hparams(locals()))
 
     def _check_hparams(self, group) -> None:
         check_nonnegative("lr", group["lr"])
         check_interval("alpha", group["alpha"], 0.0, 1.0, closed_high=True)
-        check_nonnegative("eps", group["eps"])
-        check_nonnegative("weight_decay", group["weight_decay"])
-        check_nonnegative("momentum", group["momentum"])
+        for name in ("eps", "weight_decay", "momentum"):
+            check_nonnegative(name, group[name])
         check_bool("centered", group["centered"])
 
     def _init_state(self, param, group) -> dict[str, Any]:
@@ -268,22 +173,9 @@ class RMSprop(OptlabOptimizer):
             state["grad_avg"] = self._zeros_like(param)
         return state
 
-    def _update_group(self, group, params, grads, states, implementation) -> None:
-        momentum, centered = group["momentum"], group["centered"]
-        real = self._real_states(states)
-        rmsprop(
-            params,
-            grads,
-            real["square_avg"],
-            real["grad_avg"] if centered else None,
-            real["momentum_buffer"] if momentum > 0 else None,
-            [state["step"] for state in states],
-            lr=scalar(group["lr"]),
-            alpha=group["alpha"],
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            momentum=momentum,
-            centered=centered,
-            maximize=group["maximize"],
-            implementation=implementation,
-        )
+    def _scalars(self, group):
+        values = (scalar(group["lr"]), group["alpha"], group["eps"], group["momentum"])
+        return lambda _: values
+
+    def _flags(self, group) -> dict[str, bool]:
+        return {"centered": group["centered"], "momentum": group["momentum"] > 0}
