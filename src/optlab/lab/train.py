@@ -25,6 +25,10 @@ What it guarantees:
   or its whole training set when it holds none out: what tuning selects
   on), ``test_loss`` and ``metric`` (on the test data: what tables report)
   and ``wall_time`` (training seconds so far, evaluation excluded).
+- Evaluation point: an optimizer with ``eval()`` and ``train()`` methods
+  (Schedule-Free's, which trains at one point and is evaluated at another)
+  is switched to ``eval()`` for every evaluation and back to ``train()``
+  after (:func:`evaluation_point`).
 - Divergence: a non-finite training, validation or test loss stops the run
   with status ``"diverged"``; the history up to and including that point is kept.
 - Threads: ``threads=``, else the ``OPTLAB_NUM_THREADS`` environment
@@ -63,7 +67,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +85,7 @@ __all__ = [
     "ProgressUpdate",
     "TrainingRun",
     "batch_indices",
+    "evaluation_point",
     "num_threads",
     "resolve_schedule",
     "train",
@@ -369,9 +374,10 @@ class TrainingRun:
         def record(train_loss: float) -> dict[str, float]:
             nonlocal eval_seconds
             start = time.perf_counter()
-            metrics = self.evaluate()
-            if not history:
-                train_loss = self.initial_train_loss(metrics)
+            with evaluation_point(self.optimizers.values()):
+                metrics = self.evaluate()
+                if not history:
+                    train_loss = self.initial_train_loss(metrics)
             eval_seconds += time.perf_counter() - start
             row = {
                 "epoch": self.steps_done / self.steps_per_epoch,
@@ -562,6 +568,30 @@ class _Reporter:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+@contextlib.contextmanager
+def evaluation_point(optimizers: Iterable[torch.optim.Optimizer]) -> Iterator[None]:
+    """Within it, the model's parameters are where its optimizers say to evaluate it.
+
+    An optimizer with ``eval()`` and ``train()`` methods (Schedule-Free's,
+    :class:`optlab.optim.schedule_free.AdamWScheduleFree`) trains at one point
+    and is evaluated at another: ``eval()`` is called on entry and ``train()``
+    on exit (also when the evaluation raises). Other optimizers are left alone.
+    """
+    switching = [
+        optimizer
+        for optimizer in optimizers
+        if callable(getattr(optimizer, "eval", None))
+        and callable(getattr(optimizer, "train", None))
+    ]
+    for optimizer in switching:
+        optimizer.eval()
+    try:
+        yield
+    finally:
+        for optimizer in switching:
+            optimizer.train()
 
 
 @contextlib.contextmanager
