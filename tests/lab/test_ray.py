@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -33,6 +34,7 @@ from optlab.lab.runs import RunResult, RunSpec
 from optlab.lab.store import Store
 from optlab.lab.study import StudySpec, run_study
 
+from .test_distributed_lab import assert_same_history
 from .test_study import stored, without_timing
 
 pytestmark = pytest.mark.ray
@@ -64,6 +66,7 @@ class Cluster:
         self.temp = tempfile.mkdtemp(prefix="optray-", dir="/tmp")  # short: socket paths
         self.port = free_port()
         self.address = f"{HEAD_IP}:{self.port}"
+        self.client_address = f"ray://{HEAD_IP}:{free_port()}"  # the head's Ray Client server
         self.groups: list[int] = []
         self.env = dict(os.environ)  # the module's environment: see _hermetic_ray
 
@@ -133,7 +136,7 @@ def cluster():
             "--dashboard-port",
             str(free_port()),
             "--ray-client-server-port",
-            str(free_port()),
+            cluster.client_address.rpartition(":")[2],
         )
         cluster.start("--address", cluster.address, "--node-ip-address", WORKER_IP)
         yield cluster
@@ -211,9 +214,10 @@ def test_a_study_on_two_nodes_equals_jobs_1_bitwise(cluster, tmp_path, small_ref
 
 
 def test_optuna_tuning_on_ray_selects_what_jobs_1_selects(cluster, tmp_path):
+    # Through the head's Ray Client server (ray://), as a driver off the cluster would.
     pytest.importorskip("optuna")
     expected = reference(TUNED, tmp_path / "jobs-1")
-    with RayRunner(cluster.address) as runner:
+    with RayRunner(cluster.client_address) as runner:
         outcome = run_study(TUNED, tmp_path / "ray", runner=runner)
     assert without_timing(stored(tmp_path / "ray")) == expected
     local = run_study(TUNED, tmp_path / "jobs-1")  # resumed: trains nothing, same plan
@@ -310,13 +314,23 @@ def test_a_driver_killed_with_sigkill_resumes_and_loses_no_finished_run(
     assert "| executor | Ray 2.60.0 at" in report and "| nodes | 2 |" in report
 
 
-def test_without_an_address_a_local_ray_instance_runs_the_study(tmp_path, small_reference):
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="a run on 2 processes needs 2 CPUs")
+def test_without_an_address_a_local_instance_runs_each_run_on_nproc_processes(
+    tmp_path, small_reference
+):
+    # The default address (a local instance of this machine's CPUs) and --nproc 2: every
+    # run a Ray task of 2 CPUs training with DDP over 2 processes, equal to one process's
+    # run to float32 rounding (as --nproc on one machine).
     out = tmp_path / "local"
-    command = _compare_command(out, "adam", 2, "-q")
+    command = _compare_command(out, "adam", 2, "--nproc", "2", "-q")
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "on Ray (1 node" in done.stderr and "at local instance" in done.stderr
-    records = without_timing(stored(out))
-    assert len(records) == 2 and records == {key: small_reference[key] for key in records}
+    assert "DDP over 2 processes per run" in done.stderr
+    results = Store.open_existing(out).results()
+    assert len(results) == 2 and all(result.info["world_size"] == 2 for result in results)
+    for result in results:
+        assert_same_history(result, SimpleNamespace(**small_reference[result.spec.key()]))
     execution = json.loads((out / "study.json").read_text())["execution"]
     assert execution["address"] == "local instance" and execution["nodes"] == 1
+    assert execution["cpus_per_run"] == 2
