@@ -32,117 +32,53 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import (
-    OptlabOptimizer,
-    check_nonnegative,
-    foreach_grads,
-    group_by_device_and_dtype,
-    loop_grad,
-    scalar,
-)
-from ._fused import fused_update, signed_grad
+from ._base import OptlabOptimizer, check_nonnegative, hparams, scalar
+from ._rules import prologue
 
-__all__ = ["Adagrad", "adagrad"]
-
-
-def adagrad(
-    params: list[Tensor],
-    grads: list[Tensor],
-    state_sums: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float | Tensor,
-    lr_decay: float,
-    weight_decay: float,
-    eps: float,
-    maximize: bool,
-    implementation: str = "foreach",
-) -> None:
-    """Apply one Adagrad step in place. ``steps`` already count this step.
-
-    A tensor ``lr`` enters the decayed rate as a tensor, as in torch.optim, so
-    ``clr`` is rounded to ``lr``'s dtype exactly as there.
-    """
-    kernel = {
-        "loop": _single_tensor_adagrad,
-        "foreach": _multi_tensor_adagrad,
-        "fused": _fused_adagrad,
-    }[implementation]
-    kernel(
-        params,
-        grads,
-        state_sums,
-        steps,
-        lr=lr,
-        lr_decay=lr_decay,
-        weight_decay=weight_decay,
-        eps=eps,
-        maximize=maximize,
-    )
+__all__ = ["Adagrad"]
 
 
 def _decayed_lr(lr: float | Tensor, step: float, lr_decay: float) -> float:
+    """``lr / (1 + (t - 1) * lr_decay)``; a tensor ``lr`` enters as a tensor, as in
+    torch.optim, so the rate is rounded to ``lr``'s dtype exactly as there."""
     return scalar(lr / (1 + (step - 1) * lr_decay))
-
-
-def _single_tensor_adagrad(
-    params, grads, state_sums, steps, *, lr, lr_decay, weight_decay, eps, maximize,
-) -> None:  # fmt: skip
-    for i, param in enumerate(params):
-        grad = loop_grad(param, grads[i], maximize=maximize, weight_decay=weight_decay)
-        clr = _decayed_lr(lr, steps[i].item(), lr_decay)
-        state_sums[i].addcmul_(grad, grad, value=1)
-        std = state_sums[i].sqrt().add_(eps)
-        param.addcdiv_(grad, std, value=-clr)
-
-
-def _multi_tensor_adagrad(
-    params, grads, state_sums, steps, *, lr, lr_decay, weight_decay, eps, maximize,
-) -> None:  # fmt: skip
-    for run_params, run_grads, run_sums, run_steps in group_by_device_and_dtype(
-        params, grads, state_sums, steps
-    ):
-        owned = maximize or weight_decay != 0  # foreach_grads returned our own copies
-        run_grads = foreach_grads(
-            run_params, run_grads, maximize=maximize, weight_decay=weight_decay
-        )
-        minus_clrs = [-_decayed_lr(lr, step.item(), lr_decay) for step in run_steps]
-        torch._foreach_addcmul_(run_sums, run_grads, run_grads, value=1)
-        stds = torch._foreach_sqrt(run_sums)
-        torch._foreach_add_(stds, eps)
-        # torch.optim scales the gradient before the division here (the loop
-        # path scales after): same rounding as torch in each path.
-        if owned:
-            torch._foreach_mul_(run_grads, minus_clrs)
-            numerators = run_grads
-        else:
-            numerators = torch._foreach_mul(run_grads, minus_clrs)
-        torch._foreach_addcdiv_(run_params, numerators, stds)
 
 
 def _adagrad_rule(param, grad, state_sum, scalars) -> None:
     """The rule for one tensor, elementwise: what the fused kernel is generated from."""
-    sign, l2, eps, decayed_lr = scalars.unbind()
-    grad = signed_grad(param, grad, sign, l2)
+    decayed, grad, (eps, decayed_lr) = prologue(param, grad, scalars)
     new_sum = state_sum + grad * grad
-    param.copy_(param - decayed_lr * (grad / (new_sum.sqrt() + eps)))
+    param.copy_(decayed - decayed_lr * (grad / (new_sum.sqrt() + eps)))
     state_sum.copy_(new_sum)
 
 
-def _fused_adagrad(
-    params, grads, state_sums, steps, *, lr, lr_decay, weight_decay, eps, maximize,
-) -> None:  # fmt: skip
-    fused_update(
-        _adagrad_rule,
-        [params, grads, state_sums],
-        lambda step: (
-            -1.0 if maximize else 1.0,
-            weight_decay,
-            eps,
-            _decayed_lr(lr, step, lr_decay),
-        ),
-        [step.item() for step in steps],
-    )
+# The eager forms follow torch.optim.Adagrad's order of operations.
+
+
+def _adagrad_loop(group, steps, params, grads, state_sums) -> None:
+    lr, lr_decay, eps = group["lr"], group["lr_decay"], group["eps"]
+    for param, grad, state_sum, step in zip(params, grads, state_sums, steps, strict=True):
+        clr = _decayed_lr(lr, step, lr_decay)
+        state_sum.addcmul_(grad, grad, value=1)
+        std = state_sum.sqrt().add_(eps)
+        param.addcdiv_(grad, std, value=-clr)
+
+
+def _adagrad_foreach(group, steps, params, grads, state_sums) -> None:
+    lr, lr_decay, eps = group["lr"], group["lr_decay"], group["eps"]
+    minus_clrs = [-_decayed_lr(lr, step, lr_decay) for step in steps]
+    torch._foreach_addcmul_(state_sums, grads, grads, value=1)
+    stds = torch._foreach_sqrt(state_sums)
+    torch._foreach_add_(stds, eps)
+    # torch.optim scales the gradient before the division here (the loop path
+    # scales after): same rounding as torch in each path. The gradients are our
+    # own copies where maximize or weight decay made new ones (_rules.prepare_foreach).
+    if group["maximize"] or group["weight_decay"] != 0:
+        torch._foreach_mul_(grads, minus_clrs)
+        numerators = grads
+    else:  # the parameters' own .grad: not written
+        numerators = torch._foreach_mul(grads, minus_clrs)
+    torch._foreach_addcdiv_(params, numerators, stds)
 
 
 class Adagrad(OptlabOptimizer):
@@ -156,15 +92,14 @@ class Adagrad(OptlabOptimizer):
         initial_accumulator_value: starting value of the sum of squared
             gradients (default 0).
         eps: added to the denominator outside the square root (default 1e-10).
-        foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
-        maximize: maximize the objective instead of minimizing it.
+        {common}
         differentiable: accepted as ``False`` only (torch.optim's autograd through the step).
-        fused: ``True`` one generated kernel call per bucket of tensors (:mod:`optlab.optim._fused`);
-            ``None`` lets large groups use it (see there).
     """
 
     state_keys = ("sum",)
     torch_off_only = ("differentiable",)
+    rule = staticmethod(_adagrad_rule)
+    forms = {"loop": _adagrad_loop, "foreach": _adagrad_foreach}
 
     def __init__(
         self,
@@ -180,18 +115,7 @@ class Adagrad(OptlabOptimizer):
         differentiable: bool = False,
         fused: bool | None = None,
     ) -> None:
-        defaults = dict(
-            lr=lr,
-            lr_decay=lr_decay,
-            eps=eps,
-            weight_decay=weight_decay,
-            initial_accumulator_value=initial_accumulator_value,
-            foreach=foreach,
-            maximize=maximize,
-            differentiable=differentiable,
-            fused=fused,
-        )
-        super().__init__(params, defaults)
+        super().__init__(params, hparams(locals()))
         # Eager state, as torch.optim.Adagrad: checkpoints of a fresh optimizer match.
         for group in self.param_groups:
             for param in group["params"]:
@@ -201,11 +125,8 @@ class Adagrad(OptlabOptimizer):
                     state.update(self._init_state(param, group))
 
     def _check_hparams(self, group) -> None:
-        check_nonnegative("lr", group["lr"])
-        check_nonnegative("lr_decay", group["lr_decay"])
-        check_nonnegative("weight_decay", group["weight_decay"])
-        check_nonnegative("initial_accumulator_value", group["initial_accumulator_value"])
-        check_nonnegative("eps", group["eps"])
+        for name in ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"):
+            check_nonnegative(name, group[name])
 
     def _init_state(self, param, group) -> dict[str, Any]:
         value = group["initial_accumulator_value"]
@@ -213,17 +134,6 @@ class Adagrad(OptlabOptimizer):
             value = complex(value, value)
         return {"sum": self._full_like(param, value)}
 
-    def _update_group(self, group, params, grads, states, implementation) -> None:
-        real = self._real_states(states)
-        adagrad(
-            params,
-            grads,
-            real["sum"],
-            [state["step"] for state in states],
-            lr=group["lr"],
-            lr_decay=group["lr_decay"],
-            weight_decay=group["weight_decay"],
-            eps=group["eps"],
-            maximize=group["maximize"],
-            implementation=implementation,
-        )
+    def _scalars(self, group):
+        lr, lr_decay, eps = group["lr"], group["lr_decay"], group["eps"]
+        return lambda step: (eps, _decayed_lr(lr, step, lr_decay))
