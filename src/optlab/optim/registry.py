@@ -273,6 +273,31 @@ _SPECS: tuple[OptimizerSpec, ...] = (
         "adabelief-pytorch 0.2.1",
         tags=_CORE,
     ),
+    # The AdaBelief paper's comparison set, the large-batch methods and today's favourites.
+    OptimizerSpec(
+        "msvag",
+        "optlab.optim.msvag:MSVAG",
+        "momentum SGD damped per coordinate by the estimated gradient variance",
+        "Balles & Hennig, Dissecting Adam: The Sign, Magnitude and Variance of Stochastic "
+        "Gradients, ICML 2018, arXiv:1705.07774",
+        "beta=0.9 from the paper and the authors' code; lr=1e-2 from pytorch_optimizer 4.1.0 "
+        "(the authors' code has none)",
+    ),
+    OptimizerSpec(
+        "lion",
+        "optlab.optim.lion:Lion",
+        "steps of size lr along the sign of an interpolated momentum",
+        "Chen et al., Symbolic Discovery of Optimization Algorithms, NeurIPS 2023, "
+        "arXiv:2302.06675",
+        "lion-pytorch 0.2.5 (lr=1e-4; betas=(0.9, 0.99), the paper's)",
+    ),
+    OptimizerSpec(
+        "adamw-schedulefree",
+        "optlab.optim.schedule_free:AdamWScheduleFree",
+        "AdamW without a schedule: gradients at y, evaluation at the average x (eval()/train())",
+        "Defazio et al., The Road Less Scheduled, NeurIPS 2024, arXiv:2405.15682",
+        "schedulefree 1.4.1 AdamWScheduleFree",
+    ),
     # The belief / eps factorial (optlab's ablation): one class, one entry per cell.
     OptimizerSpec(
         "belief-eps",
