@@ -361,10 +361,14 @@ def _run(
         )
     command += _execution_flags(execution)
     try:
-        Store.open(out)  # a foreign or damaged directory fails here, before any banner
+        runner = None
+        if execution["executor"] == "ray":
+            if out.exists() and (not out.is_dir() or any(out.iterdir())):
+                Store.open(out)  # a foreign or damaged directory fails before Ray starts
+            runner = _ray_runner(args, execution)
+        Store.open(out)  # a new directory is created once Ray (if any) is reached
     except StoreError as error:
         raise CommandLineError(str(error)) from None
-    runner = _ray_runner(args, execution) if execution["executor"] == "ray" else None
     cluster = runner.describe() if runner is not None else None
     banner = _banner(study, jobs, session, out, cluster)
     print(f"optlab {args.command}: {banner}", file=sys.stderr)

@@ -37,7 +37,9 @@ def no_ray(monkeypatch):
 
 @pytest.fixture
 def fake_ray(monkeypatch):
-    monkeypatch.setitem(sys.modules, "ray", types.ModuleType("ray"))
+    ray = types.ModuleType("ray")
+    ray.is_initialized = lambda: False
+    monkeypatch.setitem(sys.modules, "ray", ray)
 
 
 # ------------------------------------------------------------------ refused
@@ -79,6 +81,18 @@ def test_inconsistent_execution_flags_give_one_line_and_exit_2(
     assert code == 2
     assert expected in one_line_error(capsys)
     assert not (tmp_path / "o").exists()
+
+
+def test_an_unreachable_cluster_is_one_line_at_once_and_writes_nothing(fake_ray, tmp_path, capsys):
+    from optlab.lab.distributed import free_port
+
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    out = tmp_path / "out"
+    argv = ["compare", "--optimizers", "adam", "--tune", "none", "--executor", "ray"]
+    assert main([*argv, "--ray-address", address, "--out", str(out)]) == 2
+    line = one_line_error(capsys)
+    assert f"cannot reach Ray at {address}: nothing answers" in line
+    assert not out.exists()
 
 
 # -------------------------------------------------------------- study files

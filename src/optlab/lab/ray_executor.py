@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -70,6 +71,24 @@ def require_ray() -> Any:
             f"--executor ray needs Ray, which is not installed here: {INSTALL_HINT}"
         ) from None
     return ray
+
+
+def _probe(address: str, timeout: float = 10.0) -> None:
+    """``ConnectionError`` at once when nothing listens at the address's ``HOST:PORT``
+    (Ray itself retries an absent head for minutes). ``auto`` without ``RAY_ADDRESS``
+    is left to Ray."""
+    text = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+    text = text.removeprefix("ray://")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise ConnectionError(
+            f"cannot reach Ray at {address}: nothing answers at {host}:{port} "
+            f"({error.strerror or error}); is the head node up (ray start --head)?"
+        ) from None
 
 
 # ------------------------------------------------------------------ on a worker
@@ -192,6 +211,7 @@ class RayRunner(BaseRunner):
                 if sys.platform.startswith("linux"):
                     options["_node_ip_address"] = "127.0.0.2"
             else:
+                _probe(self.address)
                 options["address"] = self.address
             try:
                 ray.init(**options)
