@@ -28,60 +28,30 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import (
-    OptlabOptimizer,
-    check_interval,
-    check_nonnegative,
-    foreach_grads,
-    group_by_device_and_dtype,
-    loop_grad,
-    scalar,
-)
-from ._fused import fused_update, signed_grad
+from ._base import OptlabOptimizer, check_interval, check_nonnegative, hparams, scalar
+from ._rules import prologue
 
-__all__ = ["Adadelta", "adadelta"]
+__all__ = ["Adadelta"]
 
 
-def adadelta(
-    params: list[Tensor],
-    grads: list[Tensor],
-    square_avgs: list[Tensor],
-    acc_deltas: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float,
-    rho: float,
-    eps: float,
-    weight_decay: float,
-    maximize: bool,
-    implementation: str = "foreach",
-) -> None:
-    """Apply one Adadelta step in place. ``steps`` already count this step (unused by the rule)."""
-    kernel = {
-        "loop": _single_tensor_adadelta,
-        "foreach": _multi_tensor_adadelta,
-        "fused": _fused_adadelta,
-    }[implementation]
-    kernel(
-        params,
-        grads,
-        square_avgs,
-        acc_deltas,
-        steps,
-        lr=lr,
-        rho=rho,
-        eps=eps,
-        weight_decay=weight_decay,
-        maximize=maximize,
-    )
+def _adadelta_rule(param, grad, square_avg, acc_delta, scalars) -> None:
+    """The rule for one tensor, elementwise: what the fused kernel is generated from."""
+    decayed, grad, (lr, rho, eps) = prologue(param, grad, scalars)
+    new_square_avg = square_avg * rho + (1 - rho) * (grad * grad)
+    delta = (acc_delta + eps).sqrt() / (new_square_avg + eps).sqrt() * grad
+    acc_delta.copy_(acc_delta * rho + (1 - rho) * (delta * delta))
+    square_avg.copy_(new_square_avg)
+    param.copy_(decayed - lr * delta)
 
 
-def _single_tensor_adadelta(
-    params, grads, square_avgs, acc_deltas, steps, *, lr, rho, eps, weight_decay, maximize,
-) -> None:  # fmt: skip
-    for i, param in enumerate(params):
-        grad = loop_grad(param, grads[i], maximize=maximize, weight_decay=weight_decay)
-        square_avg, acc_delta = square_avgs[i], acc_deltas[i]
+# The eager forms follow torch.optim.Adadelta's order of operations.
+
+
+def _adadelta_loop(group, steps, params, grads, square_avgs, acc_deltas) -> None:
+    lr, rho, eps = scalar(group["lr"]), group["rho"], group["eps"]
+    for param, grad, square_avg, acc_delta in zip(
+        params, grads, square_avgs, acc_deltas, strict=True
+    ):
         square_avg.mul_(rho).addcmul_(grad, grad, value=1 - rho)
         std = square_avg.add(eps).sqrt_()
         delta = acc_delta.add(eps).sqrt_().div_(std).mul_(grad)
@@ -89,48 +59,19 @@ def _single_tensor_adadelta(
         param.add_(delta, alpha=-lr)
 
 
-def _multi_tensor_adadelta(
-    params, grads, square_avgs, acc_deltas, steps, *, lr, rho, eps, weight_decay, maximize,
-) -> None:  # fmt: skip
-    for run_params, run_grads, run_square_avgs, run_acc_deltas in group_by_device_and_dtype(
-        params, grads, square_avgs, acc_deltas
-    ):
-        run_grads = foreach_grads(
-            run_params, run_grads, maximize=maximize, weight_decay=weight_decay
-        )
-        torch._foreach_mul_(run_square_avgs, rho)
-        torch._foreach_addcmul_(run_square_avgs, run_grads, run_grads, value=1 - rho)
-        stds = torch._foreach_add(run_square_avgs, eps)
-        torch._foreach_sqrt_(stds)
-        deltas = torch._foreach_add(run_acc_deltas, eps)
-        torch._foreach_sqrt_(deltas)
-        torch._foreach_div_(deltas, stds)
-        torch._foreach_mul_(deltas, run_grads)
-        torch._foreach_mul_(run_acc_deltas, rho)
-        torch._foreach_addcmul_(run_acc_deltas, deltas, deltas, value=1 - rho)
-        torch._foreach_add_(run_params, deltas, alpha=-lr)
-
-
-def _adadelta_rule(param, grad, square_avg, acc_delta, scalars) -> None:
-    """The rule for one tensor, elementwise: what the fused kernel is generated from."""
-    lr, rho, eps, sign, l2 = scalars.unbind()
-    grad = signed_grad(param, grad, sign, l2)
-    new_square_avg = square_avg * rho + (1 - rho) * (grad * grad)
-    delta = (acc_delta + eps).sqrt() / (new_square_avg + eps).sqrt() * grad
-    acc_delta.copy_(acc_delta * rho + (1 - rho) * (delta * delta))
-    square_avg.copy_(new_square_avg)
-    param.copy_(param - lr * delta)
-
-
-def _fused_adadelta(
-    params, grads, square_avgs, acc_deltas, steps, *, lr, rho, eps, weight_decay, maximize,
-) -> None:  # fmt: skip
-    fused_update(
-        _adadelta_rule,
-        [params, grads, square_avgs, acc_deltas],
-        lambda _: (lr, rho, eps, -1.0 if maximize else 1.0, weight_decay),
-        None,
-    )
+def _adadelta_foreach(group, steps, params, grads, square_avgs, acc_deltas) -> None:
+    lr, rho, eps = scalar(group["lr"]), group["rho"], group["eps"]
+    torch._foreach_mul_(square_avgs, rho)
+    torch._foreach_addcmul_(square_avgs, grads, grads, value=1 - rho)
+    stds = torch._foreach_add(square_avgs, eps)
+    torch._foreach_sqrt_(stds)
+    deltas = torch._foreach_add(acc_deltas, eps)
+    torch._foreach_sqrt_(deltas)
+    torch._foreach_div_(deltas, stds)
+    torch._foreach_mul_(deltas, grads)
+    torch._foreach_mul_(acc_deltas, rho)
+    torch._foreach_addcmul_(acc_deltas, deltas, deltas, value=1 - rho)
+    torch._foreach_add_(params, deltas, alpha=-lr)
 
 
 class Adadelta(OptlabOptimizer):
@@ -142,16 +83,14 @@ class Adadelta(OptlabOptimizer):
         rho: decay rate of both running averages, in [0, 1] (default 0.9).
         eps: added inside both square roots (default 1e-6).
         weight_decay: L2 penalty added to the gradient (default 0).
-        foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
-        maximize: maximize the objective instead of minimizing it.
-        capturable: accepted as ``False`` only (torch.optim's CUDA-graph capture).
-        differentiable: accepted as ``False`` only (torch.optim's autograd through the step).
-        fused: ``True`` one generated kernel call per bucket of tensors (:mod:`optlab.optim._fused`);
-            ``None`` lets large groups use it (see there).
+        {common}
+        {torch_off}
     """
 
     state_keys = ("square_avg", "acc_delta")
     torch_off_only = ("capturable", "differentiable")
+    rule = staticmethod(_adadelta_rule)
+    forms = {"loop": _adadelta_loop, "foreach": _adadelta_foreach}
 
     def __init__(
         self,
@@ -167,18 +106,7 @@ class Adadelta(OptlabOptimizer):
         differentiable: bool = False,
         fused: bool | None = None,
     ) -> None:
-        defaults = dict(
-            lr=lr,
-            rho=rho,
-            eps=eps,
-            weight_decay=weight_decay,
-            maximize=maximize,
-            foreach=foreach,
-            capturable=capturable,
-            differentiable=differentiable,
-            fused=fused,
-        )
-        super().__init__(params, defaults)
+        super().__init__(params, hparams(locals()))
 
     def _check_hparams(self, group) -> None:
         check_nonnegative("lr", group["lr"])
@@ -189,18 +117,6 @@ class Adadelta(OptlabOptimizer):
     def _init_state(self, param, group) -> dict[str, Any]:
         return {"square_avg": self._zeros_like(param), "acc_delta": self._zeros_like(param)}
 
-    def _update_group(self, group, params, grads, states, implementation) -> None:
-        real = self._real_states(states)
-        adadelta(
-            params,
-            grads,
-            real["square_avg"],
-            real["acc_delta"],
-            [state["step"] for state in states],
-            lr=scalar(group["lr"]),
-            rho=group["rho"],
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            maximize=group["maximize"],
-            implementation=implementation,
-        )
+    def _scalars(self, group):
+        values = (scalar(group["lr"]), group["rho"], group["eps"])
+        return lambda _: values
