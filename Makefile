@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# LAMB's oracle: its metadata asks for torchvision, which its optimizer never imports
+	# (and whose wheels pin other torch builds); installed without it.
+	$(BIN)/python -m pip install --quiet --no-deps pytorch-lamb==1.0.0
 	touch $(STAMP)
 
 install: $(STAMP)
