@@ -593,3 +593,25 @@ def test_default_learning_rate_and_hyper_parameters_are_recorded_with_their_valu
     momentum = next(r for r in records if r["optimizer"] == "momentum")
     assert json.loads(momentum["hparams"])["momentum"] == 0.9
     assert json.loads(momentum["hparams"])["lr"] == float(momentum["lr"])
+
+
+def test_a_schedule_free_path_records_the_averaged_point_x_not_the_gradient_point_y():
+    """Schedule-Free is evaluated at x (after ``eval()``): the path records x at every step."""
+    from optlab.optim.schedule_free import AdamWScheduleFree
+
+    function = get_function("rosenbrock")
+    steps, lr = 30, 0.05
+    path = run_optimizer(function, "adamw-schedulefree", steps=steps, lr=lr)
+    point = torch.tensor(function.start, dtype=torch.float64, requires_grad=True)
+    optimizer = AdamWScheduleFree([point], lr=lr)
+    xs, ys = [], []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        function(point.unsqueeze(0)).sum().backward()
+        optimizer.step()
+        ys.append(point.detach().clone())
+        optimizer.eval()
+        xs.append(point.detach().clone())
+        optimizer.train()
+    np.testing.assert_allclose(path.points[1:], torch.stack(xs).numpy(), rtol=0, atol=1e-12)
+    assert np.abs(path.points[1:] - torch.stack(ys).numpy()).max() > 1e-3  # y differs

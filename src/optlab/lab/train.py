@@ -509,7 +509,9 @@ class TrainingRun:
         hparams = {
             key: _json_safe(value)
             for key, value in group.items()
-            if key not in ("params", "initial_lr")
+            # The optimizer's options only: not a scheduler's initial_lr, nor the
+            # counters an optimizer keeps in its groups (Schedule-Free's k, weight_sum).
+            if key in optimizer.defaults and key != "params"
         }
         hparams["lr"] = base_lr
         return hparams

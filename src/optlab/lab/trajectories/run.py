@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..train import evaluation_point
 from .functions import TestFunction
 
 __all__ = [
@@ -195,7 +196,7 @@ def simulate(
             for param in params:
                 torch.nn.utils.clip_grad_norm_([param], clip_grad_norm)
         opt.step()
-        with torch.no_grad():
+        with torch.no_grad(), evaluation_point([opt]):  # Schedule-Free: the point x, not y
             torch.stack(params, out=points[step])
         if step % 64 == 0:
             offset = (points[step] - start_point).abs().amax(dim=-1)
