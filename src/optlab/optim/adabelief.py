@@ -79,73 +79,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import (
-    OptlabOptimizer,
-    check_betas,
-    check_bool,
-    check_nonnegative,
-    foreach_grads,
-    group_by_device_and_dtype,
-    loop_grad,
-    scalar,
-)
-from ._fused import fused_update, signed_grad
+from ._base import OptlabOptimizer, check_betas, check_bool, check_nonnegative, hparams, scalar
+from ._rules import prologue, select
 
-__all__ = ["AdaBelief", "adabelief"]
+__all__ = ["AdaBelief"]
 
 _AMSGRAD_RECTIFY_WARNING = (
     "AdaBelief: amsgrad=True has no effect on the update when rectify=True (the "
     "rectified step divides by exp_avg_var, not its running maximum); set "
     "rectify=False to use AMSGrad, or amsgrad=False to silence this warning"
 )
-
-
-def adabelief(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_vars: list[Tensor],
-    max_exp_avg_vars: list[Tensor] | None,
-    steps: list[Tensor],
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    amsgrad: bool,
-    weight_decouple: bool,
-    fixed_decay: bool,
-    rectify: bool,
-    degenerated_to_sgd: bool,
-    maximize: bool,
-    implementation: str = "foreach",
-) -> None:
-    """Apply one AdaBelief step in place. ``steps`` already count this step."""
-    kernel = {
-        "loop": _single_tensor_adabelief,
-        "foreach": _multi_tensor_adabelief,
-        "fused": _fused_adabelief,
-    }[implementation]
-    kernel(
-        params,
-        grads,
-        exp_avgs,
-        exp_avg_vars,
-        max_exp_avg_vars,
-        steps,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        amsgrad=amsgrad,
-        weight_decouple=weight_decouple,
-        fixed_decay=fixed_decay,
-        rectify=rectify,
-        degenerated_to_sgd=degenerated_to_sgd,
-        maximize=maximize,
-    )
 
 
 def rectified_step_size(
@@ -180,107 +123,6 @@ def _decay_factor(lr: float, weight_decay: float, fixed_decay: bool) -> float:
     return 1.0 - weight_decay if fixed_decay else 1.0 - lr * weight_decay
 
 
-def _single_tensor_adabelief(
-    params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars, steps, *,
-    lr, beta1, beta2, eps, weight_decay, amsgrad, weight_decouple, fixed_decay, rectify,
-    degenerated_to_sgd, maximize,
-) -> None:  # fmt: skip
-    for i, param in enumerate(params):
-        if weight_decouple:
-            grad = loop_grad(param, grads[i], maximize=maximize, weight_decay=0.0)
-            if weight_decay != 0:
-                param.mul_(_decay_factor(lr, weight_decay, fixed_decay))
-        else:
-            grad = loop_grad(param, grads[i], maximize=maximize, weight_decay=weight_decay)
-        exp_avg, exp_avg_var = exp_avgs[i], exp_avg_vars[i]
-        exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-        grad_residual = grad - exp_avg
-        exp_avg_var.mul_(beta2).addcmul_(grad_residual, grad_residual, value=1 - beta2)
-        exp_avg_var.add_(eps)
-        if amsgrad:
-            torch.maximum(max_exp_avg_vars[i], exp_avg_var, out=max_exp_avg_vars[i])
-
-        step = steps[i].item()
-        if not rectify:
-            second_moment = max_exp_avg_vars[i] if amsgrad else exp_avg_var
-            denom = (second_moment.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
-            param.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1**step)))
-            continue
-        kind, step_size = rectified_step_size(
-            step, beta1=beta1, beta2=beta2, degenerated_to_sgd=degenerated_to_sgd
-        )
-        if kind == "adaptive":
-            param.addcdiv_(exp_avg, exp_avg_var.sqrt().add_(eps), value=-step_size * lr)
-        elif kind == "sgd":
-            param.add_(exp_avg, alpha=-step_size * lr)
-
-
-def _multi_tensor_adabelief(
-    params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars, steps, *,
-    lr, beta1, beta2, eps, weight_decay, amsgrad, weight_decouple, fixed_decay, rectify,
-    degenerated_to_sgd, maximize,
-) -> None:  # fmt: skip
-    runs = group_by_device_and_dtype(
-        params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars if amsgrad else None, steps
-    )
-    for run_params, run_grads, run_exp_avgs, run_exp_avg_vars, run_max, run_steps in runs:
-        if weight_decouple:
-            run_grads = foreach_grads(run_params, run_grads, maximize=maximize, weight_decay=0.0)
-            if weight_decay != 0:
-                torch._foreach_mul_(run_params, _decay_factor(lr, weight_decay, fixed_decay))
-        else:
-            run_grads = foreach_grads(
-                run_params, run_grads, maximize=maximize, weight_decay=weight_decay
-            )
-        torch._foreach_mul_(run_exp_avgs, beta1)
-        torch._foreach_add_(run_exp_avgs, run_grads, alpha=1 - beta1)
-        grad_residuals = torch._foreach_sub(run_grads, run_exp_avgs)
-        torch._foreach_mul_(run_exp_avg_vars, beta2)
-        torch._foreach_addcmul_(run_exp_avg_vars, grad_residuals, grad_residuals, 1 - beta2)
-        del grad_residuals
-        torch._foreach_add_(run_exp_avg_vars, eps)
-        if amsgrad:
-            torch._foreach_maximum_(run_max, run_exp_avg_vars)
-
-        step_values = [step.item() for step in run_steps]
-        if not rectify:
-            denoms = torch._foreach_sqrt(run_max if amsgrad else run_exp_avg_vars)
-            torch._foreach_div_(denoms, [math.sqrt(1 - beta2**step) for step in step_values])
-            torch._foreach_add_(denoms, eps)
-            step_sizes = [-(lr / (1 - beta1**step)) for step in step_values]
-            torch._foreach_addcdiv_(run_params, run_exp_avgs, denoms, step_sizes)
-            continue
-
-        adaptive: list[int] = []
-        adaptive_sizes: list[float] = []
-        sgd: dict[float, list[int]] = {}  # step size -> tensors (one entry unless steps differ)
-        by_step: dict[float, tuple[str, float]] = {}  # usually one distinct step per group
-        for index, step in enumerate(step_values):
-            if step not in by_step:
-                by_step[step] = rectified_step_size(
-                    step, beta1=beta1, beta2=beta2, degenerated_to_sgd=degenerated_to_sgd
-                )
-            kind, step_size = by_step[step]
-            if kind == "adaptive":
-                adaptive.append(index)
-                adaptive_sizes.append(-step_size * lr)
-            elif kind == "sgd":
-                sgd.setdefault(-step_size * lr, []).append(index)
-        if adaptive:
-            denoms = torch._foreach_sqrt([run_exp_avg_vars[i] for i in adaptive])
-            torch._foreach_add_(denoms, eps)
-            torch._foreach_addcdiv_(
-                [run_params[i] for i in adaptive],
-                [run_exp_avgs[i] for i in adaptive],
-                denoms,
-                adaptive_sizes,
-            )
-        for alpha, indices in sgd.items():
-            torch._foreach_add_(
-                [run_params[i] for i in indices], [run_exp_avgs[i] for i in indices], alpha=alpha
-            )
-
-
 def _adabelief_rule(
     param, grad, exp_avg, exp_avg_var, max_exp_avg_var, scalars, *, amsgrad
 ) -> None:  # fmt: skip
@@ -292,14 +134,12 @@ def _adabelief_rule(
     sqrt(1 - beta2^t), or 1.0 with ``rectify`` (dividing by 1.0 is exact);
     ``adaptive`` is 0.0 for a rectified SGD step (and for no step, with
     ``step_size`` 0) and 1.0 otherwise; ``rectified`` picks the second
-    moment (the rectified step never uses AMSGrad's maximum); the decoupled
-    decay is ``decay_factor`` (1.0 for none) and the L2 one ``l2``.
+    moment (the rectified step never uses AMSGrad's maximum). The weight
+    decay, L2 or decoupled, is the prologue's.
     """
-    beta1, beta2, eps, sign, l2, decay_factor, step_size, denom_scale, adaptive, rectified = (
-        scalars.unbind()
+    decayed, grad, (beta1, beta2, eps, step_size, denom_scale, adaptive, rectified) = prologue(
+        param, grad, scalars
     )
-    grad = signed_grad(param, grad, sign, l2)
-    new_param = param * decay_factor
     new_exp_avg = exp_avg * beta1 + (1 - beta1) * grad
     grad_residual = grad - new_exp_avg
     new_exp_avg_var = exp_avg_var * beta2 + (1 - beta2) * (grad_residual * grad_residual) + eps
@@ -307,41 +147,95 @@ def _adabelief_rule(
     if amsgrad:
         new_max = torch.maximum(max_exp_avg_var, new_exp_avg_var)
         max_exp_avg_var.copy_(new_max)
-        second_moment = torch.where(rectified > 0, new_exp_avg_var, new_max)
+        second_moment = select(rectified > 0, new_exp_avg_var, new_max)
     adaptive_update = new_exp_avg / (second_moment.sqrt() / denom_scale + eps)
-    update = torch.where(adaptive > 0, adaptive_update, new_exp_avg)
-    param.copy_(new_param - step_size * update)
+    update = select(adaptive > 0, adaptive_update, new_exp_avg)
+    param.copy_(decayed - step_size * update)
     exp_avg.copy_(new_exp_avg)
     exp_avg_var.copy_(new_exp_avg_var)
 
 
-def _fused_adabelief(
-    params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars, steps, *,
-    lr, beta1, beta2, eps, weight_decay, amsgrad, weight_decouple, fixed_decay, rectify,
-    degenerated_to_sgd, maximize,
+# The eager forms follow adabelief-pytorch 0.2.1's order of operations (its oracle).
+
+
+def _hyper(group) -> tuple[float, float, float, float]:
+    beta1, beta2 = map(scalar, group["betas"])
+    return scalar(group["lr"]), beta1, beta2, group["eps"]
+
+
+def _adabelief_loop(group, steps, params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars) -> None:
+    lr, beta1, beta2, eps = _hyper(group)
+    for i, (param, grad, exp_avg, exp_avg_var, step) in enumerate(
+        zip(params, grads, exp_avgs, exp_avg_vars, steps, strict=True)
+    ):
+        exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+        grad_residual = grad - exp_avg
+        exp_avg_var.mul_(beta2).addcmul_(grad_residual, grad_residual, value=1 - beta2)
+        exp_avg_var.add_(eps)
+        if max_exp_avg_vars is not None:
+            torch.maximum(max_exp_avg_vars[i], exp_avg_var, out=max_exp_avg_vars[i])
+
+        if not group["rectify"]:
+            second_moment = exp_avg_var if max_exp_avg_vars is None else max_exp_avg_vars[i]
+            denom = (second_moment.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
+            param.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1**step)))
+            continue
+        kind, step_size = rectified_step_size(
+            step, beta1=beta1, beta2=beta2, degenerated_to_sgd=group["degenerated_to_sgd"]
+        )
+        if kind == "adaptive":
+            param.addcdiv_(exp_avg, exp_avg_var.sqrt().add_(eps), value=-step_size * lr)
+        elif kind == "sgd":
+            param.add_(exp_avg, alpha=-step_size * lr)
+
+
+def _adabelief_foreach(
+    group, steps, params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars
 ) -> None:  # fmt: skip
-    sign = -1.0 if maximize else 1.0
-    l2 = 0.0 if weight_decouple else weight_decay
-    decay = _decay_factor(lr, weight_decay, fixed_decay) if weight_decouple else 1.0
+    lr, beta1, beta2, eps = _hyper(group)
+    torch._foreach_mul_(exp_avgs, beta1)
+    torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+    grad_residuals = torch._foreach_sub(grads, exp_avgs)
+    torch._foreach_mul_(exp_avg_vars, beta2)
+    torch._foreach_addcmul_(exp_avg_vars, grad_residuals, grad_residuals, 1 - beta2)
+    del grad_residuals
+    torch._foreach_add_(exp_avg_vars, eps)
+    if max_exp_avg_vars is not None:
+        torch._foreach_maximum_(max_exp_avg_vars, exp_avg_vars)
 
-    def scalars(step: float) -> tuple[float, ...]:
-        step_size, adaptive, denom_scale = lr / (1 - beta1**step), 1.0, math.sqrt(1 - beta2**step)
-        if rectify:
-            kind, factor = rectified_step_size(
-                step, beta1=beta1, beta2=beta2, degenerated_to_sgd=degenerated_to_sgd
+    if not group["rectify"]:
+        denoms = torch._foreach_sqrt(exp_avg_vars if max_exp_avg_vars is None else max_exp_avg_vars)
+        torch._foreach_div_(denoms, [math.sqrt(1 - beta2**step) for step in steps])
+        torch._foreach_add_(denoms, eps)
+        step_sizes = [-(lr / (1 - beta1**step)) for step in steps]
+        torch._foreach_addcdiv_(params, exp_avgs, denoms, step_sizes)
+        return
+
+    adaptive: list[int] = []
+    adaptive_sizes: list[float] = []
+    sgd: dict[float, list[int]] = {}  # step size -> tensors (one entry unless steps differ)
+    by_step: dict[float, tuple[str, float]] = {}  # usually one distinct step per group
+    for index, step in enumerate(steps):
+        if step not in by_step:
+            by_step[step] = rectified_step_size(
+                step, beta1=beta1, beta2=beta2, degenerated_to_sgd=group["degenerated_to_sgd"]
             )
-            step_size, adaptive, denom_scale = factor * lr, float(kind == "adaptive"), 1.0
-        return (
-            beta1, beta2, eps, sign, l2, decay, step_size, denom_scale, adaptive, float(rectify)
-        )  # fmt: skip
-
-    fused_update(
-        _adabelief_rule,
-        [params, grads, exp_avgs, exp_avg_vars, max_exp_avg_vars if amsgrad else None],
-        scalars,
-        [step.item() for step in steps],
-        amsgrad=amsgrad,
-    )
+        kind, step_size = by_step[step]
+        if kind == "adaptive":
+            adaptive.append(index)
+            adaptive_sizes.append(-step_size * lr)
+        elif kind == "sgd":
+            sgd.setdefault(-step_size * lr, []).append(index)
+    if adaptive:
+        denoms = torch._foreach_sqrt([exp_avg_vars[i] for i in adaptive])
+        torch._foreach_add_(denoms, eps)
+        torch._foreach_addcdiv_(
+            [params[i] for i in adaptive], [exp_avgs[i] for i in adaptive], denoms, adaptive_sizes
+        )
+    for alpha, indices in sgd.items():
+        torch._foreach_add_(
+            [params[i] for i in indices], [exp_avgs[i] for i in indices], alpha=alpha
+        )
 
 
 class AdaBelief(OptlabOptimizer):
@@ -364,14 +258,13 @@ class AdaBelief(OptlabOptimizer):
         degenerated_to_sgd: with ``rectify``, take SGD-with-momentum steps while
             the variance is not yet tractable, instead of no step (default True).
         print_change_log: accepted for compatibility and ignored (nothing is printed).
-        maximize: maximize the objective instead of minimizing it.
-        foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
-        fused: ``True`` one generated kernel call per bucket of tensors (:mod:`optlab.optim._fused`);
-            ``None`` lets large groups use it (see there).
+        {common}
     """
 
     state_keys = ("exp_avg", "exp_avg_var", "max_exp_avg_var")
     fp32_for_low_precision = True
+    rule = staticmethod(_adabelief_rule)
+    forms = {"loop": _adabelief_loop, "foreach": _adabelief_foreach}
 
     def __init__(
         self,
@@ -392,22 +285,8 @@ class AdaBelief(OptlabOptimizer):
         fused: bool | None = None,
     ) -> None:
         del print_change_log  # the reference prints a change log; optlab prints nothing
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-            weight_decouple=weight_decouple,
-            fixed_decay=fixed_decay,
-            rectify=rectify,
-            degenerated_to_sgd=degenerated_to_sgd,
-            maximize=maximize,
-            foreach=foreach,
-            fused=fused,
-        )
         self._constructing = True
-        super().__init__(params, defaults)
+        super().__init__(params, hparams(locals()))
         self._constructing = False
         if any(_amsgrad_without_effect(group) for group in self.param_groups):
             warnings.warn(_AMSGRAD_RECTIFY_WARNING, UserWarning, stacklevel=2)
@@ -439,30 +318,36 @@ class AdaBelief(OptlabOptimizer):
         for group in self.param_groups:
             group.pop("buffer", None)  # the reference's RAdam cache; recomputed here
 
-    def _update_group(self, group, params, grads, states, implementation) -> None:
-        amsgrad = group["amsgrad"]
-        real = self._real_states(states)
-        beta1, beta2 = group["betas"]
-        adabelief(
-            params,
-            grads,
-            real["exp_avg"],
-            real["exp_avg_var"],
-            real["max_exp_avg_var"] if amsgrad else None,
-            [state["step"] for state in states],
-            lr=scalar(group["lr"]),
-            beta1=scalar(beta1),
-            beta2=scalar(beta2),
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            amsgrad=amsgrad,
-            weight_decouple=group["weight_decouple"],
-            fixed_decay=group["fixed_decay"],
-            rectify=group["rectify"],
-            degenerated_to_sgd=group["degenerated_to_sgd"],
-            maximize=group["maximize"],
-            implementation=implementation,
-        )
+    def _decay(self, group) -> tuple[float, float]:
+        # The package's options: decoupled unless weight_decouple=False, fixed_decay independent of lr.
+        if not group["weight_decouple"]:
+            return group["weight_decay"], 1.0
+        return 0.0, _decay_factor(scalar(group["lr"]), group["weight_decay"], group["fixed_decay"])
+
+    def _scalars(self, group):
+        lr, beta1, beta2, eps = _hyper(group)
+        rectify, degenerated_to_sgd = group["rectify"], group["degenerated_to_sgd"]
+
+        def scalars(step: float) -> tuple[float, ...]:
+            if not rectify:
+                return (
+                    beta1,
+                    beta2,
+                    eps,
+                    lr / (1 - beta1**step),
+                    math.sqrt(1 - beta2**step),
+                    1.0,
+                    0.0,
+                )
+            kind, factor = rectified_step_size(
+                step, beta1=beta1, beta2=beta2, degenerated_to_sgd=degenerated_to_sgd
+            )
+            return beta1, beta2, eps, factor * lr, 1.0, float(kind == "adaptive"), 1.0
+
+        return scalars
+
+    def _flags(self, group) -> dict[str, bool]:
+        return {"amsgrad": group["amsgrad"]}
 
 
 def _amsgrad_without_effect(group: dict[str, Any]) -> bool:
