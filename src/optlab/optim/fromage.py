@@ -29,13 +29,13 @@ Passes over memory per step: one read or one write of a parameter-sized
 tensor counts 1; fp32; counted with a dispatch-mode counter
 (tests/test_fromage.py asserts these numbers), the fused kernel counted as
 one read of each input and one write of each output; "timed" is the step
-time over the time of one pass, 16 tensors of 1M, one thread, on the loaded
-2-core CPU (noisy: 6 to 7.4 for both fast paths over runs)::
+time over the time of one pass, 16 tensors of 1M, one thread, on the 2-core
+CPU shared with other work (two runs, load 3 and 9)::
 
     path                      passes                                 timed
-    fused                     5  (norms 2, kernel 3)                 7.4
-    foreach (hand-written)    7  (norms 2, addcmul 3, scale 2; 9 with maximize)   8.3
-    loop (rule run eagerly)   16                                     39.5
+    fused                     5  (norms 2, kernel 3)                 5.0-7.4
+    foreach (hand-written)    7  (norms 2, addcmul 3, scale 2; 9 with maximize)   6.1-8.3
+    loop (rule run eagerly)   16                                     13-40
     elementwise minimum       3  (read W, g; write W)
 
 The fused path computes the norms with ``torch._foreach_norm``, reads the

@@ -53,13 +53,13 @@ Passes over memory per step: one read or one write of a parameter-sized
 tensor counts 1; fp32, momentum on; counted with a dispatch-mode counter
 (tests/test_lars.py asserts these numbers), a fused kernel counted as one
 read of each input and one write of each output; "timed" is the step time
-over the time of one pass, 16 tensors of 1M, one thread, on the loaded
-2-core CPU (noisy to about 20%)::
+over the time of one pass, 16 tensors of 1M, one thread, on the 2-core CPU
+shared with other work (two runs, load 3 and 9)::
 
     path                      passes (wd 0 / wd > 0 / Nesterov)   timed
-    fused                     7 / 7 / 7   (norms 2, kernel 5)     7.2
-    foreach (hand-written)    10 / 13 / 16                        14.2
-    loop (rule run eagerly)   31 / 36 / 36                        47.5
+    fused                     7 / 7 / 7   (norms 2, kernel 5)     5.7-7.2
+    foreach (hand-written)    10 / 13 / 16                        13-14
+    loop (rule run eagerly)   31 / 36 / 36                        30-48
     elementwise minimum       5 (SGD momentum: read p, g, b; write p, b)
 
 The norms cost one read of ``p`` and of ``g`` wherever they are computed. The
