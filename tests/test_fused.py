@@ -71,6 +71,7 @@ OPTIONS = {
         "weight_decay": [0.0, 0.01],
         "maximize": [False, True],
     },
+    "fromage": {"maximize": [False, True]},  # no weight decay: the paper's has none
 }
 
 

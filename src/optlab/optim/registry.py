@@ -284,6 +284,31 @@ _SPECS: tuple[OptimizerSpec, ...] = (
         "(the authors' code has none)",
     ),
     OptimizerSpec(
+        "fromage",
+        "optlab.optim.fromage:Fromage",
+        "steps of a fixed size relative to each tensor's norm",
+        "Bernstein, Vahdat, Yue & Liu, On the distance between two neural networks and the "
+        "stability of learning, NeurIPS 2020, arXiv:2002.03432",
+        "the paper (lr=1e-2)",
+    ),
+    OptimizerSpec(
+        "lars",
+        "optlab.optim.lars:LARS",
+        "momentum SGD with a per-tensor trust ratio eta ||p|| / (||g|| + wd ||p||)",
+        "You, Gitman & Ginsburg, Large Batch Training of Convolutional Networks, "
+        "arXiv:1708.03888",
+        "pytorch_optimizer 4.1.0 (lr=1e-3, momentum=0.9, trust_coefficient=1e-3, the paper's eta)",
+    ),
+    OptimizerSpec(
+        "lamb",
+        "optlab.optim.lamb:Lamb",
+        "Adam steps scaled per tensor by min(||p||, 10) / ||step||",
+        "You et al., Large Batch Optimization for Deep Learning: Training BERT in 76 minutes, "
+        "ICLR 2020, arXiv:1904.00962",
+        "the paper's Algorithm 2 and BERT setting (eps=1e-6, bias correction); "
+        "the weight-norm cap of 10 of pytorch-lamb 1.0.0",
+    ),
+    OptimizerSpec(
         "lion",
         "optlab.optim.lion:Lion",
         "steps of size lr along the sign of an interpolated momentum",
