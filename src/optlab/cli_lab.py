@@ -31,6 +31,7 @@ examples:
   optlab compare --suite small --optimizers adam,adabelief,momentum,eadam \\
       --tune 'lr=1e-4..1:log' --tune 'eps=1e-16..1e-6:log' --tuner optuna --trials 12
   optlab compare --task text-lstm --task-option layers=2 --optimizers adam,adabelief
+  optlab compare --suite domains --preset adabelief-paper --tune none   # see optlab presets
   optlab compare --optimizers adam,adabelief --lr 3e-3 --set 'betas=(0.9,0.99)' \\
       --schedule cosine --out results/betas
   optlab compare --task cancer-logreg --optimizers adam,adabelief --nproc 2
@@ -464,6 +465,21 @@ def run_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_presets(args: argparse.Namespace) -> int:
+    from optlab.lab.presets import get_preset, list_presets
+
+    for name in list_presets():
+        preset = get_preset(name)
+        print(f"{name}: {preset.description}")
+        print(f"  arms: {', '.join(f'{a.label} ({a.optimizer})' for a in preset.arms)}")
+        for family, source in preset.sources.items():
+            print(f"  {family}: {source}")
+        if args.verbose:
+            for arm in preset.arms:
+                print(f"  --arm '{arm.text()}'")
+    return 0
+
+
 def _add_execution_arguments(parser: argparse.ArgumentParser) -> None:
     execution = parser.add_argument_group("execution")
     execution.add_argument(
@@ -504,6 +520,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=formatter,
     )
     tasks.set_defaults(func=run_tasks)
+
+    presets = subparsers.add_parser(
+        "presets",
+        help="list the arm presets of optlab compare --preset",
+        description=(
+            "List the presets of optlab compare --preset: their arms and, per task family\n"
+            "(optlab tasks shows each task's), where the hyper-parameters come from."
+        ),
+        epilog="example:\n  optlab presets --verbose",
+        formatter_class=formatter,
+    )
+    presets.add_argument(
+        "--verbose", action="store_true", help="also print every arm's --arm spelling"
+    )
+    presets.set_defaults(func=run_presets)
 
     compare = subparsers.add_parser(
         "compare",

@@ -3,7 +3,10 @@
 An **arm** (:class:`Arm`) is one contestant: a label, a registry optimizer and
 that arm's own hyper-parameters (``adabelief-e8=adabelief:eps=1e-8``),
 optionally with hyper-parameters of its own to tune
-(``adam:eps~1e-10..1e-6:log``). A **search dimension** (:class:`Dim`) is one
+(``adam:eps~1e-10..1e-6:log``) and per task *family* (:data:`FAMILIES`; a
+task's ``family``) hyper-parameters that apply only on tasks of that family
+(``adam:gan.betas=(0.5,0.999),image.weight_decay=5e-4``; what the presets of
+:mod:`optlab.lab.presets` are made of). A **search dimension** (:class:`Dim`) is one
 tuned hyper-parameter: a log or linear range with a number of grid points, or
 an explicit list of values (``lr=1e-5..1:log``, ``eps=1e-8,1e-6``). Each has a
 canonical text (``text()``) that its ``parse`` reads back: the spelling of
@@ -20,12 +23,17 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["DEFAULT_LR_RANGE", "SCALES", "Arm", "Dim", "parse_literal"]
+__all__ = ["DEFAULT_LR_RANGE", "FAMILIES", "SCALES", "Arm", "Dim", "parse_literal"]
 
 #: The learning-rate range ``--tune lr`` searches: 1e-4 ... 10, log scale.
 DEFAULT_LR_RANGE: tuple[float, float] = (1e-4, 10.0)
 
 SCALES = ("log", "linear")
+
+#: Task families (``Task.family``): the rows of a recipe table such as the AdaBelief
+#: repository's (image classification, LSTM language models, Transformers, GANs) and
+#: ``other`` (regressions, the quadratic).
+FAMILIES: tuple[str, ...] = ("image", "lstm", "transformer", "gan", "other")
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _RANGE = re.compile(rf"^({_NUMBER})\.\.({_NUMBER})(?::([a-z]+))?(?::(\d+))?$")
 
@@ -205,25 +213,38 @@ class Dim:
 @dataclass(frozen=True)
 class Arm:
     """One contestant: ``label``, registry ``optimizer``, its fixed ``hparams`` (on top of
-    the study's) and its own search dimensions ``tune`` (replacing the study's of the
-    same name)."""
+    the study's), its own search dimensions ``tune`` (replacing the study's of the same
+    name) and ``family_hparams``: per task family (:data:`FAMILIES`), hyper-parameters
+    fixed on that family's tasks only, under the arm's own ``hparams`` and over the
+    study's and the task's recipe; a dimension tuned for the arm replaces the family's
+    value (see :meth:`optlab.lab.spec.StudySpec.fixed`)."""
 
     label: str
     optimizer: str
     hparams: Mapping[str, Any] = field(default_factory=dict)
     tune: tuple[Dim, ...] = ()
+    family_hparams: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hparams", _frozen(self.hparams))
         object.__setattr__(self, "tune", tuple(self.tune))
+        unknown = sorted(set(self.family_hparams) - set(FAMILIES))
+        if unknown:
+            raise ValueError(
+                f"arm {self.label or self.optimizer}: unknown task family "
+                f"{', '.join(map(repr, unknown))}; valid families: {', '.join(FAMILIES)}"
+            )
+        families = {k: _frozen(v) for k, v in sorted(self.family_hparams.items()) if v}
+        object.__setattr__(self, "family_hparams", MappingProxyType(families))
 
     @classmethod
     def parse(cls, text: str) -> Arm:
-        """``[LABEL=]OPTIMIZER[:NAME=VALUE,NAME~RANGE,...]``.
+        """``[LABEL=]OPTIMIZER[:NAME=VALUE,FAMILY.NAME=VALUE,NAME~RANGE,...]``.
 
-        ``NAME=VALUE`` fixes a hyper-parameter (a Python literal); ``NAME~RANGE`` tunes
-        it for this arm (``eps~1e-10..1e-6:log``, ``eps~1e-8,1e-6``). Without a label
-        the arm is labelled with its own text.
+        ``NAME=VALUE`` fixes a hyper-parameter (a Python literal); ``FAMILY.NAME=VALUE``
+        fixes it on tasks of that family only (``gan.betas=(0.5,0.999)``);
+        ``NAME~RANGE`` tunes it for this arm (``eps~1e-10..1e-6:log``,
+        ``eps~1e-8,1e-6``). Without a label the arm is labelled with its own text.
         """
         head, _, tail = text.strip().partition(":")
         label, sep, optimizer = head.partition("=")
@@ -233,6 +254,7 @@ class Arm:
         if not optimizer:
             raise ValueError(f"arm expects [LABEL=]OPTIMIZER[:NAME=VALUE,...], got {text!r}")
         hparams: dict[str, Any] = {}
+        families: dict[str, dict[str, Any]] = {}
         dims: list[Dim] = []
         for item in _split_top(tail):
             if "~" in item.split("=", 1)[0]:
@@ -240,31 +262,56 @@ class Arm:
                 dims.append(Dim.parse(f"{name.strip()}={raw.strip()}"))
                 continue
             name, sep, raw = item.partition("=")
-            name = name.strip()
-            if not sep or not name.isidentifier() or not raw.strip():
-                raise ValueError(f"arm {text!r}: expected NAME=VALUE or NAME~RANGE, got {item!r}")
-            if name in hparams:
-                raise ValueError(f"arm {text!r}: {name} given twice")
-            hparams[name] = parse_literal(name, raw)
-        arm = cls(label, optimizer.lower(), hparams, tuple(dims))
+            family, dot, name = name.strip().rpartition(".")
+            if not sep or not name.isidentifier() or not raw.strip() or (dot and not family):
+                raise ValueError(
+                    f"arm {text!r}: expected NAME=VALUE, FAMILY.NAME=VALUE or NAME~RANGE, "
+                    f"got {item!r}"
+                )
+            if dot and family not in FAMILIES:
+                raise ValueError(
+                    f"arm {text!r}: unknown task family {family!r} in {item!r}; valid "
+                    f"families: {', '.join(FAMILIES)}"
+                )
+            target = families.setdefault(family, {}) if dot else hparams
+            if name in target:
+                raise ValueError(f"arm {text!r}: {family + dot}{name} given twice")
+            target[name] = parse_literal(name, raw)
+        arm = cls(label, optimizer.lower(), hparams, tuple(dims), families)
         return replace(arm, label=label or arm.text(with_label=False))
 
     def text(self, *, with_label: bool = True) -> str:
         """The canonical ``--arm`` spelling."""
         items = [f"{name}={_literal(value)}" for name, value in self.hparams.items()]
+        items += [
+            f"{family}.{name}={_literal(value)}"
+            for family, values in self.family_hparams.items()
+            for name, value in values.items()
+        ]
         items += [dim.text().replace("=", "~", 1) for dim in self.tune]
         body = self.optimizer + (":" + ",".join(items) if items else "")
         if with_label and self.label != self.text(with_label=False):
             return f"{self.label}={body}"
         return body
 
+    def on_family(self, family: str | None) -> Mapping[str, Any]:
+        """The hyper-parameters this arm fixes on tasks of ``family`` (none for ``None``)."""
+        return self.family_hparams.get(family, MappingProxyType({})) if family else {}
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """JSON-ready; ``family_hparams`` only when the arm has some (older records stay
+        as they were)."""
+        data = {
             "label": self.label,
             "optimizer": self.optimizer,
-            "hparams": {k: list(v) if isinstance(v, tuple) else v for k, v in self.hparams.items()},
+            "hparams": _listed(self.hparams),
             "tune": [dim.text() for dim in self.tune],
         }
+        if self.family_hparams:
+            data["family_hparams"] = {
+                family: _listed(values) for family, values in self.family_hparams.items()
+            }
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Arm:
@@ -273,7 +320,12 @@ class Arm:
             data["optimizer"],
             dict(data.get("hparams") or {}),
             tuple(Dim.parse(text) for text in data.get("tune") or ()),
+            {family: dict(values) for family, values in (data.get("family_hparams") or {}).items()},
         )
+
+
+def _listed(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in mapping.items()}
 
 
 def _literal(value: Any) -> str:

@@ -6,7 +6,7 @@ texts) and how to spell a value back as flags (``to_cli``) and as TOML
 (``to_toml``). :mod:`optlab.lab.studyfile` builds the ``optlab compare``
 flags, reads study files and writes the reproduce command from this table
 alone, so the spellings cannot drift apart. Shorthands (``--optimizers``,
-``--suite``, ``--lr``, ``--lr-grid``) are rows whose ``target`` is the field
+``--preset``, ``--suite``, ``--lr``, ``--lr-grid``) are rows whose ``target`` is the field
 they fill.
 
 :data:`EXECUTION_FIELDS` are the settings of *where* a study runs
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from optlab.lab.arms import _literal
+from optlab.lab.presets import list_presets, preset_arms
 from optlab.lab.runs import _plain
 from optlab.lab.spec import (
     SUITES,
@@ -145,17 +146,27 @@ def _arms(value: Any) -> tuple[Arm, ...]:
         elif isinstance(item, str):
             arms.append(Arm.parse(item))
         elif isinstance(item, Mapping):
-            unknown = sorted(set(item) - {"label", "optimizer", "hparams", "tune"})
+            keys = {"label", "optimizer", "hparams", "tune", "family_hparams"}
+            unknown = sorted(set(item) - keys)
             if unknown or "optimizer" not in item:
                 raise ValueError(
-                    "an arm table takes optimizer (required), label, hparams, tune; got "
-                    + ", ".join(map(repr, unknown or ["no optimizer"]))
+                    "an arm table takes optimizer (required), label, hparams, tune, "
+                    "family_hparams; got " + ", ".join(map(repr, unknown or ["no optimizer"]))
+                )
+            families = item.get("family_hparams") or {}
+            if not isinstance(families, Mapping) or not all(
+                isinstance(v, Mapping) for v in families.values()
+            ):
+                raise ValueError(
+                    "an arm's family_hparams is a table per task family, e.g. "
+                    "family_hparams.gan = { betas = [0.5, 0.999] }"
                 )
             arm = Arm(
                 str(item.get("label", "")),
                 _text(item["optimizer"]).lower(),
                 _hparams(item.get("hparams") or {}),
                 tuple(Dim.parse(text) for text in item.get("tune") or ()),
+                {family: _hparams(values) for family, values in families.items()},
             )
             arms.append(replace(arm, label=arm.label or arm.text(with_label=False)))
         else:
@@ -284,7 +295,7 @@ FIELDS: tuple[Field, ...] = (
         "SPEC",
         repeat=True,
         to_cli=lambda v: [part for arm in v for part in ("--arm", arm.text())],
-        to_toml=lambda v: [arm.to_dict() | {"hparams": _plain(arm.hparams)} for arm in v],
+        to_toml=lambda v: [_plain(arm.to_dict()) for arm in v],
     ),
     Field(
         "optimizers",
@@ -292,6 +303,15 @@ FIELDS: tuple[Field, ...] = (
         "shorthand: one arm per optimizer with its defaults (default: the twelve core ones)",
         lambda v: arms_from_optimizers(_names(v)),
         "A,B,...",
+        target="arms",
+    ),
+    Field(
+        "preset",
+        "--preset",
+        "shorthand: the arms of a named preset, with hyper-parameters per task family "
+        f"(see optlab presets): {', '.join(list_presets())}",
+        lambda v: preset_arms(_text(v)),
+        "NAME",
         target="arms",
     ),
     Field(

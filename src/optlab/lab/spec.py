@@ -157,12 +157,36 @@ class StudySpec:
 
     def fixed(self, arm: Arm, task: str | None = None) -> dict[str, Any]:
         """The arm's fixed hyper-parameters: the study's, then ``task``'s recipe (those
-        the arm's optimizer takes), the arm's own on top."""
+        the arm's optimizer takes), then the arm's values for the task's family
+        (``Arm.family_hparams``), the arm's own on top.
+
+        A family value of a hyper-parameter tuned for the arm (:meth:`space`) is left
+        out: the tuned value replaces it (a preset's recommended lr is where tuning is
+        switched off, ``--tune none``). Run keys hold the result, so an arm's runs on
+        two families with different values are different runs.
+        """
         recipe = dict(self.task_hparams.get(task, {})) if task is not None else {}
         takes = _hparam_names(arm.optimizer)
         if takes is not None:
             recipe = {name: value for name, value in recipe.items() if name in takes}
-        return {**self.hparams, **recipe, **arm.hparams}
+        family = arm.on_family(self.family_of(task)) if arm.family_hparams else {}
+        if family:
+            tuned = {dim.name for dim in self.space(arm)}
+            family = {name: value for name, value in family.items() if name not in tuned}
+        return {**self.hparams, **recipe, **family, **arm.hparams}
+
+    @staticmethod
+    def family_of(task: str | None) -> str | None:
+        """``task``'s family (``Task.family``); ``None`` for none or a task this optlab
+        does not know (records read back)."""
+        if task is None:
+            return None
+        from optlab.lab.tasks import get_task
+
+        try:
+            return get_task(task).family
+        except ValueError:
+            return None
 
     def budget(self, arm: Arm) -> int:
         """Tuning runs per task: the grid's size, or the Optuna trials (0 when untuned)."""

@@ -29,6 +29,8 @@ A study file (all keys optional; unknown keys are refused)::
     # optimizer = "eadam"
     # hparams = { weight_decay = 5e-4 }
     # tune = ["eps=1e-16..1e-4:log"]
+    # family_hparams.gan = { betas = [0.5, 0.999] }   # on tasks of that family only
+    preset = "adabelief-paper"                 # a preset's arms (before the arms above)
     [hparams]                                  # fixed for every arm
     weight_decay = 0.0
     [task_options.digits-mlp]
@@ -253,8 +255,17 @@ def compare_command(study: StudySpec, out: str | Path) -> str | None:
             default, spelling.name
         ):
             continue
+        if spelling.name == "arms":
+            preset, value = _preset_prefix(value)
+            parts += ["--preset", preset] if preset else []
+            if not value:
+                continue
         if spelling.name == "arms" and all(
-            arm.label == arm.optimizer and not arm.hparams and not arm.tune for arm in value
+            arm.label == arm.optimizer
+            and not arm.hparams
+            and not arm.tune
+            and not arm.family_hparams
+            for arm in value
         ):
             parts += ["--optimizers", ",".join(arm.optimizer for arm in value)]
             continue
@@ -264,6 +275,17 @@ def compare_command(study: StudySpec, out: str | Path) -> str | None:
         parts += argv
     parts += ["--out", str(out)]
     return " ".join(shlex.quote(part) for part in parts)
+
+
+def _preset_prefix(arms: tuple[Any, ...]) -> tuple[str | None, tuple[Any, ...]]:
+    """A preset whose arms ``arms`` begins with (``--preset`` puts them first), and the
+    arms after them; ``(None, arms)`` when none."""
+    from optlab.lab.presets import PRESETS
+
+    for name, preset in PRESETS.items():
+        if tuple(arms[: len(preset.arms)]) == preset.arms:
+            return name, tuple(arms[len(preset.arms) :])
+    return None, tuple(arms)
 
 
 # ---------------------------------------------------------------------- TOML files

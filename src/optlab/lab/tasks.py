@@ -48,6 +48,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .arms import FAMILIES
 from .data import ArrayData, DatasetFormatError, load_cifar10, load_mnist
 from .models import MLP, CifarResNet, DigitsCNN, MnistNet, NoisyQuadratic
 
@@ -284,6 +285,9 @@ class Task:
             evaluations included) on the project's 2-core development machine
             while other work shared it, ``None`` when not measured: a guide
             to a study's cost, not a promise (the machine is shared and noisy).
+        family: the task's family (:data:`optlab.lab.arms.FAMILIES`: ``image``,
+            ``lstm``, ``transformer``, ``gan``, ``other``), the row of a recipe table
+            an arm's ``family_hparams`` (a preset's) apply on.
     """
 
     name: str
@@ -301,9 +305,12 @@ class Task:
     schedule: str = "constant"
     distributed: bool = True
     default_seconds: float | None = None
+    family: str = "other"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         if self.validation not in VALIDATIONS:
@@ -776,6 +783,7 @@ _TASKS: tuple[Task, ...] = (
         target=0.95,
         builder=_build_digits_mlp,
         options={"hidden": (64,)},
+        family="image",
     ),
     Task(
         "digits-cnn",
@@ -786,6 +794,7 @@ _TASKS: tuple[Task, ...] = (
         target=0.95,
         builder=_build_digits_cnn,
         options={"channels": (16, 32)},
+        family="image",
     ),
     Task(
         "diabetes-linreg",
@@ -837,6 +846,7 @@ _TASKS: tuple[Task, ...] = (
             "level": "char",
             "train_tokens": None,
         },
+        family="lstm",
     ),
     Task(
         "text-transformer",
@@ -857,6 +867,7 @@ _TASKS: tuple[Task, ...] = (
             "train_tokens": None,
         },
         schedule="warmup-cosine",
+        family="transformer",
     ),
     Task(
         "gan-ring",
@@ -869,6 +880,7 @@ _TASKS: tuple[Task, ...] = (
         default_seconds=22.7,
         options={"noise_dim": 16, "hidden": (128, 128)},
         distributed=False,
+        family="gan",
     ),
     Task(
         "gan-digits",
@@ -881,6 +893,7 @@ _TASKS: tuple[Task, ...] = (
         default_seconds=22.0,
         options={"noise_dim": 32, "channels": 32},
         distributed=False,
+        family="gan",
     ),
     Task(
         "mnist-cnn",
@@ -892,6 +905,7 @@ _TASKS: tuple[Task, ...] = (
         builder=_build_mnist,
         needs_data_dir=True,
         threads=None,
+        family="image",
     ),
     Task(
         "cifar10-resnet",
@@ -904,6 +918,7 @@ _TASKS: tuple[Task, ...] = (
         needs_data_dir=True,
         options={"depth": 8, "augment": True},
         threads=None,
+        family="image",
     ),
 )
 
