@@ -41,6 +41,10 @@ LEARNING_RATES = {
     "yogi": 0.01,
     "eadam": 0.01,
     "adabelief": 0.01,
+    "radam": 0.01,
+    "nadam": 0.01,
+    "adabound": 0.01,
+    "amsbound": 0.01,
     "msvag": 0.05,
     "fromage": 0.01,
     "lars": 5.0,
@@ -242,7 +246,8 @@ def _fsdp2_pair(rank, world, name, implementation, out_dir) -> dict[str, Any]:
         value
         for state in optimizer.state.values()
         for key, value in state.items()
-        if key != "step" and torch.is_tensor(value)
+        # Parameter-sized state only: 0-dim states (step, NAdam's mu_product) are not sharded.
+        if key != "step" and torch.is_tensor(value) and value.dim() > 0
     ]
     local_numel = sum(
         v.to_local().numel() if isinstance(v, DTensor) else v.numel() for v in state_tensors

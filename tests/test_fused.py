@@ -72,6 +72,22 @@ OPTIONS = {
         "maximize": [False, True],
     },
     "fromage": {"maximize": [False, True]},  # no weight decay: the paper's has none
+    "radam": {
+        "decoupled_weight_decay": [False, True],
+        "weight_decay": [0.0, 0.01],
+        "maximize": [False, True],
+    },
+    "nadam": {
+        "decoupled_weight_decay": [False, True],
+        "weight_decay": [0.0, 0.01],
+        "maximize": [False, True],
+    },
+    "adabound": {
+        "amsbound": [False, True],
+        "weight_decouple": [False, True],
+        "weight_decay": [0.0, 0.01],
+        "maximize": [False, True],
+    },
 }
 
 

@@ -275,6 +275,38 @@ _SPECS: tuple[OptimizerSpec, ...] = (
     ),
     # The AdaBelief paper's comparison set, the large-batch methods and today's favourites.
     OptimizerSpec(
+        "radam",
+        "optlab.optim.radam:RAdam",
+        "Adam with the variance of its adaptive step rectified (SGD steps until it is tractable)",
+        "Liu et al., On the Variance of the Adaptive Learning Rate and Beyond, ICLR 2020, "
+        "arXiv:1908.03265",
+        "torch.optim.RAdam 2.13",
+    ),
+    OptimizerSpec(
+        "nadam",
+        "optlab.optim.nadam:NAdam",
+        "Adam with Nesterov momentum and a momentum schedule (NAdamW: decoupled_weight_decay)",
+        "Dozat, Incorporating Nesterov Momentum into Adam, ICLR 2016 workshop",
+        "torch.optim.NAdam 2.13",
+    ),
+    OptimizerSpec(
+        "adabound",
+        "optlab.optim.adabound:AdaBound",
+        "Adam with per-coordinate steps clipped into bounds that converge to SGD's",
+        "Luo et al., Adaptive Gradient Methods with Dynamic Bound of Learning Rate, ICLR 2019, "
+        "arXiv:1902.09843",
+        "adabound 0.0.5 (the authors' package)",
+    ),
+    OptimizerSpec(
+        "amsbound",
+        "optlab.optim.adabound:AdaBound",
+        "AdaBound on the running maximum of the second moment",
+        "Luo et al., Adaptive Gradient Methods with Dynamic Bound of Learning Rate, ICLR 2019, "
+        "arXiv:1902.09843",
+        "adabound 0.0.5, amsbound=True",
+        {"amsbound": True},
+    ),
+    OptimizerSpec(
         "msvag",
         "optlab.optim.msvag:MSVAG",
         "momentum SGD damped per coordinate by the estimated gradient variance",
