@@ -95,20 +95,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import (
-    OptlabOptimizer,
-    check_betas,
-    check_bool,
-    check_nonnegative,
-    foreach_grads,
-    group_by_device_and_dtype,
-    loop_grad,
-    scalar,
-)
-from ._fused import fused_update, signed_grad
+from ._base import OptlabOptimizer, check_betas, check_bool, check_nonnegative, hparams, scalar
+from ._rules import prologue, select
 from .adabelief import _decay_factor, rectified_step_size
 
-__all__ = ["EPS_MODES", "SECOND_MOMENTS", "BeliefEps", "belief_eps", "eps_placement"]
+__all__ = ["EPS_MODES", "SECOND_MOMENTS", "BeliefEps", "eps_placement"]
 
 SECOND_MOMENTS = ("grad_sq", "belief")
 EPS_MODES = ("outside", "inside", "accumulated")
@@ -143,144 +134,19 @@ def _step_factors(
     return kind, factor, 1.0
 
 
-def belief_eps(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    second_moments: list[Tensor],
-    max_second_moments: list[Tensor] | None,
-    steps: list[Tensor],
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    eps_out: float,
-    weight_decay: float,
-    amsgrad: bool,
-    second_moment: str,
-    eps_mode: str,
-    decoupled_weight_decay: bool,
-    fixed_decay: bool,
-    rectify: bool,
-    degenerated_to_sgd: bool,
-    maximize: bool,
-    implementation: str = "foreach",
-) -> None:
-    """Apply one step of the cell ``(second_moment, eps_mode)`` in place; ``steps`` count it.
-
-    ``second_moments`` are the ``exp_avg_sq`` or ``exp_avg_var`` tensors.
-    """
-    kernel = {
-        "loop": _single_tensor_belief_eps,
-        "foreach": _multi_tensor_belief_eps,
-        "fused": _fused_belief_eps,
-    }[implementation]
-    stored, under_root, outside = eps_placement(eps_mode, eps, eps_out)
-    decay = _decay_factor(lr, weight_decay, fixed_decay) if decoupled_weight_decay else 1.0
-    kernel(
-        params,
-        grads,
-        exp_avgs,
-        second_moments,
-        max_second_moments if amsgrad else None,
-        steps,
-        lr=lr,
+def _hyper(group):
+    """``(lr, beta1, beta2, belief, (stored, under_root, outside), step_factors)`` of a group."""
+    beta1, beta2 = map(scalar, group["betas"])
+    step_factors = functools.partial(
+        _step_factors,
         beta1=beta1,
         beta2=beta2,
-        belief=second_moment == "belief",
-        stored=stored,
-        under_root=under_root,
-        outside=outside,
-        l2=0.0 if decoupled_weight_decay else weight_decay,
-        decay=decay,
-        step_factors=functools.partial(
-            _step_factors,
-            beta1=beta1,
-            beta2=beta2,
-            rectify=rectify,
-            degenerated_to_sgd=degenerated_to_sgd,
-        ),
-        maximize=maximize,
+        rectify=group["rectify"],
+        degenerated_to_sgd=group["degenerated_to_sgd"],
     )
-
-
-def _single_tensor_belief_eps(
-    params, grads, exp_avgs, second_moments, max_second_moments, steps, *,
-    lr, beta1, beta2, belief, stored, under_root, outside, l2, decay, step_factors, maximize,
-) -> None:  # fmt: skip
-    for i, param in enumerate(params):
-        grad = loop_grad(param, grads[i], maximize=maximize, weight_decay=l2)
-        if decay != 1.0:
-            param.mul_(decay)
-        exp_avg, second = exp_avgs[i], second_moments[i]
-        exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-        residual = grad - exp_avg if belief else grad
-        second.mul_(beta2).addcmul_(residual, residual, value=1 - beta2)
-        if stored:
-            second.add_(stored)
-        if max_second_moments is not None:
-            torch.maximum(max_second_moments[i], second, out=max_second_moments[i])
-            second = max_second_moments[i]
-
-        kind, factor, root_divisor = step_factors(steps[i].item())
-        if kind == "adaptive":
-            root = (second + under_root).sqrt_() if under_root else second.sqrt()
-            denom = (root / root_divisor).add_(outside)
-            param.addcdiv_(exp_avg, denom, value=-lr * factor)
-        elif kind == "sgd":
-            param.add_(exp_avg, alpha=-lr * factor)
-
-
-def _multi_tensor_belief_eps(
-    params, grads, exp_avgs, second_moments, max_second_moments, steps, *,
-    lr, beta1, beta2, belief, stored, under_root, outside, l2, decay, step_factors, maximize,
-) -> None:  # fmt: skip
-    runs = group_by_device_and_dtype(
-        params, grads, exp_avgs, second_moments, max_second_moments, steps
-    )
-    for run_params, run_grads, run_exp_avgs, run_seconds, run_max, run_steps in runs:
-        run_grads = foreach_grads(run_params, run_grads, maximize=maximize, weight_decay=l2)
-        if decay != 1.0:
-            torch._foreach_mul_(run_params, decay)
-        torch._foreach_mul_(run_exp_avgs, beta1)
-        torch._foreach_add_(run_exp_avgs, run_grads, alpha=1 - beta1)
-        residuals = torch._foreach_sub(run_grads, run_exp_avgs) if belief else run_grads
-        torch._foreach_mul_(run_seconds, beta2)
-        torch._foreach_addcmul_(run_seconds, residuals, residuals, 1 - beta2)
-        del residuals
-        if stored:
-            torch._foreach_add_(run_seconds, stored)
-        if run_max is not None:
-            torch._foreach_maximum_(run_max, run_seconds)
-            run_seconds = run_max
-
-        by_step: dict[float, tuple[str, float, float]] = {}  # usually one step per group
-        factors_of = []
-        for step in run_steps:
-            value = step.item()
-            if value not in by_step:
-                by_step[value] = step_factors(value)
-            factors_of.append(by_step[value])
-        adaptive = [i for i, (kind, _, _) in enumerate(factors_of) if kind == "adaptive"]
-        sgd = [i for i, (kind, _, _) in enumerate(factors_of) if kind == "sgd"]
-        if adaptive:
-            seconds = [run_seconds[i] for i in adaptive]
-            if under_root:
-                roots = torch._foreach_add(seconds, under_root)
-                torch._foreach_sqrt_(roots)
-            else:
-                roots = torch._foreach_sqrt(seconds)
-            torch._foreach_div_(roots, [factors_of[i][2] for i in adaptive])
-            torch._foreach_add_(roots, outside)
-            torch._foreach_addcdiv_(
-                [run_params[i] for i in adaptive],
-                [run_exp_avgs[i] for i in adaptive],
-                roots,
-                [-lr * factors_of[i][1] for i in adaptive],
-            )
-        for i in sgd:  # only the first steps of a rectified run
-            run_params[i].add_(run_exp_avgs[i], alpha=-lr * factors_of[i][1])
+    placement = eps_placement(group["eps_mode"], group["eps"], group["eps_out"])
+    belief = group["second_moment"] == "belief"
+    return scalar(group["lr"]), beta1, beta2, belief, placement, step_factors
 
 
 def _belief_eps_rule(
@@ -295,17 +161,13 @@ def _belief_eps_rule(
     :func:`eps_placement`). ``step_size`` holds ``lr`` and the bias or
     rectification factor, ``root_divisor`` is sqrt(bc2) or 1.0 with
     ``rectify``, ``adaptive`` is 0.0 for a rectified SGD step (and for no
-    step, with ``step_size`` 0); the decoupled decay is ``decay`` (1.0 for
-    none) and the L2 one ``l2``.
+    step, with ``step_size`` 0). The weight decay, L2 or decoupled, is the
+    prologue's.
     """
-    (
-        beta1, beta2, sign, l2, decay, belief, stored, under_root, outside,
-        step_size, root_divisor, adaptive,
-    ) = scalars.unbind()  # fmt: skip
-    grad = signed_grad(param, grad, sign, l2)
-    new_param = param * decay
+    decayed, grad, own = prologue(param, grad, scalars)
+    beta1, beta2, belief, stored, under_root, outside, step_size, root_divisor, adaptive = own
     new_exp_avg = exp_avg * beta1 + (1 - beta1) * grad
-    residual = torch.where(belief > 0, grad - new_exp_avg, grad)
+    residual = select(belief > 0, grad - new_exp_avg, grad)
     new_second = second_moment * beta2 + (1 - beta2) * (residual * residual) + stored
     under = new_second
     if amsgrad:
@@ -313,31 +175,78 @@ def _belief_eps_rule(
         max_second_moment.copy_(new_max)
         under = new_max
     adaptive_update = new_exp_avg / ((under + under_root).sqrt() / root_divisor + outside)
-    update = torch.where(adaptive > 0, adaptive_update, new_exp_avg)
-    param.copy_(new_param - step_size * update)
+    update = select(adaptive > 0, adaptive_update, new_exp_avg)
+    param.copy_(decayed - step_size * update)
     exp_avg.copy_(new_exp_avg)
     second_moment.copy_(new_second)
 
 
-def _fused_belief_eps(
-    params, grads, exp_avgs, second_moments, max_second_moments, steps, *,
-    lr, beta1, beta2, belief, stored, under_root, outside, l2, decay, step_factors, maximize,
-) -> None:  # fmt: skip
-    fixed = (beta1, beta2, -1.0 if maximize else 1.0, l2, decay, float(belief), stored,
-             under_root, outside)  # fmt: skip
+# The eager forms follow the operation order of the optimizers the cells equal (torch.optim.Adam's
+# in-place ops, EAdam's, adabelief-pytorch's), so those cells match them to 1e-10 in float64.
 
-    def scalars(step: float) -> tuple[float, ...]:
+
+def _belief_eps_loop(group, steps, params, grads, exp_avgs, seconds, max_seconds) -> None:
+    lr, beta1, beta2, belief, (stored, under_root, outside), step_factors = _hyper(group)
+    for i, (param, grad, exp_avg, second, step) in enumerate(
+        zip(params, grads, exp_avgs, seconds, steps, strict=True)
+    ):
+        exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+        residual = grad - exp_avg if belief else grad
+        second.mul_(beta2).addcmul_(residual, residual, value=1 - beta2)
+        if stored:
+            second.add_(stored)
+        if max_seconds is not None:
+            torch.maximum(max_seconds[i], second, out=max_seconds[i])
+            second = max_seconds[i]
+
         kind, factor, root_divisor = step_factors(step)
-        return (*fixed, lr * factor, root_divisor, float(kind == "adaptive"))
+        if kind == "adaptive":
+            root = (second + under_root).sqrt_() if under_root else second.sqrt()
+            denom = (root / root_divisor).add_(outside)
+            param.addcdiv_(exp_avg, denom, value=-lr * factor)
+        elif kind == "sgd":
+            param.add_(exp_avg, alpha=-lr * factor)
 
-    amsgrad = max_second_moments is not None
-    fused_update(
-        _belief_eps_rule,
-        [params, grads, exp_avgs, second_moments, max_second_moments],
-        scalars,
-        [step.item() for step in steps],
-        amsgrad=amsgrad,
-    )
+
+def _belief_eps_foreach(group, steps, params, grads, exp_avgs, seconds, max_seconds) -> None:
+    lr, beta1, beta2, belief, (stored, under_root, outside), step_factors = _hyper(group)
+    torch._foreach_mul_(exp_avgs, beta1)
+    torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+    residuals = torch._foreach_sub(grads, exp_avgs) if belief else grads
+    torch._foreach_mul_(seconds, beta2)
+    torch._foreach_addcmul_(seconds, residuals, residuals, 1 - beta2)
+    del residuals
+    if stored:
+        torch._foreach_add_(seconds, stored)
+    if max_seconds is not None:
+        torch._foreach_maximum_(max_seconds, seconds)
+        seconds = max_seconds
+
+    by_step: dict[float, tuple[str, float, float]] = {}  # usually one step per group
+    factors_of = []
+    for step in steps:
+        if step not in by_step:
+            by_step[step] = step_factors(step)
+        factors_of.append(by_step[step])
+    adaptive = [i for i, (kind, _, _) in enumerate(factors_of) if kind == "adaptive"]
+    sgd = [i for i, (kind, _, _) in enumerate(factors_of) if kind == "sgd"]
+    if adaptive:
+        adaptive_seconds = [seconds[i] for i in adaptive]
+        if under_root:
+            roots = torch._foreach_add(adaptive_seconds, under_root)
+            torch._foreach_sqrt_(roots)
+        else:
+            roots = torch._foreach_sqrt(adaptive_seconds)
+        torch._foreach_div_(roots, [factors_of[i][2] for i in adaptive])
+        torch._foreach_add_(roots, outside)
+        torch._foreach_addcdiv_(
+            [params[i] for i in adaptive],
+            [exp_avgs[i] for i in adaptive],
+            roots,
+            [-lr * factors_of[i][1] for i in adaptive],
+        )
+    for i in sgd:  # only the first steps of a rectified run
+        params[i].add_(exp_avgs[i], alpha=-lr * factors_of[i][1])
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -370,14 +279,13 @@ class BeliefEps(OptlabOptimizer):
         rectify: RAdam's rectified step, as AdaBelief's (default False).
         degenerated_to_sgd: with ``rectify``, SGD-with-momentum steps while the variance
             is not tractable yet, instead of none (default True).
-        maximize: maximize the objective instead of minimizing it.
-        foreach: ``True`` multi-tensor, ``False`` per-tensor loop, ``None`` pick.
-        fused: ``True`` one generated kernel call per bucket of tensors (:mod:`optlab.optim._fused`);
-            ``None`` lets large groups use it (see there).
+        {common}
     """
 
     state_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "exp_avg_var", "max_exp_avg_var")
     fp32_for_low_precision = True
+    rule = staticmethod(_belief_eps_rule)
+    forms = {"loop": _belief_eps_loop, "foreach": _belief_eps_foreach}
 
     def __init__(
         self,
@@ -399,24 +307,7 @@ class BeliefEps(OptlabOptimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
     ) -> None:
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-            second_moment=second_moment,
-            eps_mode=eps_mode,
-            eps_out=eps_out,
-            decoupled_weight_decay=decoupled_weight_decay,
-            fixed_decay=fixed_decay,
-            rectify=rectify,
-            degenerated_to_sgd=degenerated_to_sgd,
-            maximize=maximize,
-            foreach=foreach,
-            fused=fused,
-        )
-        super().__init__(params, defaults)
+        super().__init__(params, hparams(locals()))
 
     def _check_hparams(self, group) -> None:
         check_nonnegative("lr", group["lr"])
@@ -460,33 +351,34 @@ class BeliefEps(OptlabOptimizer):
         return state
 
     def _update_group(self, group, params, grads, states, implementation) -> None:
-        second, maximum = self._state_names(group)
-        amsgrad = group["amsgrad"]
-        real = self._real_states(states)
-        beta1, beta2 = group["betas"]
-        belief_eps(
-            params,
-            grads,
-            real["exp_avg"],
-            real[second],
-            real[maximum] if amsgrad else None,
-            [state["step"] for state in states],
-            lr=scalar(group["lr"]),
-            beta1=scalar(beta1),
-            beta2=scalar(beta2),
-            eps=group["eps"],
-            eps_out=group["eps_out"],
-            weight_decay=group["weight_decay"],
-            amsgrad=amsgrad,
-            second_moment=group["second_moment"],
-            eps_mode=group["eps_mode"],
-            decoupled_weight_decay=group["decoupled_weight_decay"],
-            fixed_decay=group["fixed_decay"],
-            rectify=group["rectify"],
-            degenerated_to_sgd=group["degenerated_to_sgd"],
-            maximize=group["maximize"],
-            implementation=implementation,
-        )
+        # The rule and forms take the second moment in one position whatever its key in
+        # this group (the reference's name), so that all six cells share one kernel. The
+        # base passes the states in ``state_keys`` order and has no per-group hook for it
+        # yet, so the group's keys stand in for the class's during this call.
+        self.state_keys = ("exp_avg", *self._state_names(group))
+        try:
+            super()._update_group(group, params, grads, states, implementation)
+        finally:
+            del self.state_keys
+
+    def _decay(self, group) -> tuple[float, float]:
+        # AdaBelief's options: fixed_decay (with decoupled decay only) is independent of lr.
+        if not group["decoupled_weight_decay"]:
+            return group["weight_decay"], 1.0
+        return 0.0, _decay_factor(scalar(group["lr"]), group["weight_decay"], group["fixed_decay"])
+
+    def _scalars(self, group):
+        lr, beta1, beta2, belief, placement, step_factors = _hyper(group)
+        fixed = (beta1, beta2, float(belief), *placement)
+
+        def scalars(step: float) -> tuple[float, ...]:
+            kind, factor, root_divisor = step_factors(step)
+            return (*fixed, lr * factor, root_divisor, float(kind == "adaptive"))
+
+        return scalars
+
+    def _flags(self, group) -> dict[str, bool]:
+        return {"amsgrad": group["amsgrad"]}
 
     @torch.no_grad()
     def effective_step_sizes(self) -> tuple[Tensor, Tensor]:
