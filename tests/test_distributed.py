@@ -113,7 +113,9 @@ def spawned(tmp_path_factory):
 
 
 def test_every_registered_optimizer_is_covered():
-    assert {name for name, _ in PAIRS} == set(list_optimizers(builtin_only=True)), f"missing modules: {MISSING}"
+    assert {name for name, _ in PAIRS} == set(list_optimizers(builtin_only=True)), (
+        f"missing modules: {MISSING}"
+    )
 
 
 # --------------------------------------------------------------------------

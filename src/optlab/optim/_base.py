@@ -58,10 +58,8 @@ __all__ = [
     "check_bool",
     "check_interval",
     "check_nonnegative",
-    "foreach_grads",
     "group_by_device_and_dtype",
     "hparams",
-    "loop_grad",
     "scalar",
 ]
 
@@ -184,32 +182,6 @@ def group_by_device_and_dtype(
         [None if tensors is None else [tensors[i] for i in indices] for tensors in tensorlists]
         for indices in runs.values()
     ]
-
-
-def loop_grad(param: Tensor, grad: Tensor, *, maximize: bool, weight_decay: float) -> Tensor:
-    """The gradient one rule sees: negated for ``maximize``, then coupled (L2) weight decay.
-
-    Never writes into ``param.grad``: a new tensor is returned whenever it differs.
-    """
-    if maximize:
-        grad = -grad
-    if weight_decay != 0:
-        grad = grad.add(param, alpha=weight_decay)
-    return grad
-
-
-def foreach_grads(
-    params: list[Tensor], grads: list[Tensor], *, maximize: bool, weight_decay: float
-) -> list[Tensor]:
-    """:func:`loop_grad` over lists with ``torch._foreach_*`` (never writes into ``grads``)."""
-    if maximize:
-        grads = torch._foreach_neg(grads)
-    if weight_decay != 0:
-        if maximize:  # grads is already our own copy
-            torch._foreach_add_(grads, params, alpha=weight_decay)
-        else:
-            grads = torch._foreach_add(grads, params, alpha=weight_decay)
-    return grads
 
 
 # torch.optim's own list, not a copy: DTensor (FSDP2 parameters) appends itself

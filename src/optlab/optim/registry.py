@@ -327,8 +327,7 @@ _SPECS: tuple[OptimizerSpec, ...] = (
         "lars",
         "optlab.optim.lars:LARS",
         "momentum SGD with a per-tensor trust ratio eta ||p|| / (||g|| + wd ||p||)",
-        "You, Gitman & Ginsburg, Large Batch Training of Convolutional Networks, "
-        "arXiv:1708.03888",
+        "You, Gitman & Ginsburg, Large Batch Training of Convolutional Networks, arXiv:1708.03888",
         "pytorch_optimizer 4.1.0 (lr=1e-3, momentum=0.9, trust_coefficient=1e-3, the paper's eta)",
     ),
     OptimizerSpec(
