@@ -23,14 +23,20 @@ import torch
 
 from _registry_grid import first_name_per_class
 from optlab.optim import _fused
-from optlab.optim.registry import optimizer_class
+from optlab.optim.registry import get_spec, optimizer_class
 
 #: Every optimizer class of the registry, once (aliases such as nag share SGD's kernels).
 NAMES = first_name_per_class()
 
-#: The options every optlab optimizer has, on and off: an optimizer's grid when it has
-#: no entry in OPTIONS.
+#: The options optlab optimizers share, on and off: an optimizer's grid when it has
+#: no entry in OPTIONS (those of them it takes: Fromage has no weight decay).
 COMMON_OPTIONS = {"weight_decay": [0.0, 0.01], "maximize": [False, True]}
+
+
+def _common_options(name: str) -> dict:
+    takes = set(get_spec(name).hparam_names())
+    return {option: values for option, values in COMMON_OPTIONS.items() if option in takes}
+
 
 # Every option of every optimizer that changes the update's form (not just
 # its numbers), each way: the full product, on and off.
@@ -71,7 +77,6 @@ OPTIONS = {
         "weight_decay": [0.0, 0.01],
         "maximize": [False, True],
     },
-    "fromage": {"maximize": [False, True]},  # no weight decay: the paper's has none
     "radam": {
         "decoupled_weight_decay": [False, True],
         "weight_decay": [0.0, 0.01],
@@ -99,7 +104,7 @@ def _valid(name: str, hparams: dict) -> bool:
     return not (hparams.get("nesterov") and (not hparams["momentum"] or hparams["dampening"]))
 
 
-GRIDS = {name: OPTIONS.get(name, COMMON_OPTIONS) for name in NAMES}
+GRIDS = {name: OPTIONS.get(name) or _common_options(name) for name in NAMES}
 COMBOS = [
     (name, dict(zip(options, values, strict=True)))
     for name, options in GRIDS.items()
