@@ -427,10 +427,22 @@ class OptlabOptimizer(Optimizer):
             known = memo[id(group)] = (options, frozenset(keys))
         return known[1]
 
-    def _real_states(self, states: list[dict[str, Any]]) -> dict[str, list[Tensor]]:
+    def _rule_state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
+        """The state keys whose tensors :attr:`rule` and :attr:`forms` take, in order.
+
+        :attr:`state_keys` by default. An optimizer whose state is named per group
+        (BeliefEps keeps its second moment under the reference's name,
+        ``exp_avg_sq`` or ``exp_avg_var``) returns the group's names, so the rule
+        takes them in one position and the option combinations share a kernel.
+        """
+        return self.state_keys
+
+    def _real_states(
+        self, states: list[dict[str, Any]], keys: Sequence[str] | None = None
+    ) -> dict[str, list[Tensor]]:
         """Per state key present in every state: the list of (real views of) its tensors."""
         real = {}
-        for key in self.state_keys:
+        for key in self.state_keys if keys is None else keys:
             values = [state.get(key) for state in states]
             if all(isinstance(value, Tensor) for value in values):
                 real[key] = [as_real(v) for v in values] if self._complex_group else values
@@ -476,8 +488,9 @@ class OptlabOptimizer(Optimizer):
         :attr:`rule` eagerly per tensor.
         """
         used = self._group_state_keys(group)
-        real = self._real_states(states)
-        state_lists = [real[key] if key in used else None for key in self.state_keys]
+        keys = self._rule_state_keys(group)
+        real = self._real_states(states, keys)
+        state_lists = [real[key] if key in used else None for key in keys]
         steps = [state["step"].item() for state in states] if self.counts_steps else None
         sign = -1.0 if group["maximize"] else 1.0
         l2, decay = self._decay(group)

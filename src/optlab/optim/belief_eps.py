@@ -350,16 +350,10 @@ class BeliefEps(OptlabOptimizer):
             state[maximum] = self._zeros_like(param)
         return state
 
-    def _update_group(self, group, params, grads, states, implementation) -> None:
+    def _rule_state_keys(self, group) -> tuple[str, ...]:
         # The rule and forms take the second moment in one position whatever its key in
-        # this group (the reference's name), so that all six cells share one kernel. The
-        # base passes the states in ``state_keys`` order and has no per-group hook for it
-        # yet, so the group's keys stand in for the class's during this call.
-        self.state_keys = ("exp_avg", *self._state_names(group))
-        try:
-            super()._update_group(group, params, grads, states, implementation)
-        finally:
-            del self.state_keys
+        # this group (the reference's name), so that all six cells share one kernel.
+        return ("exp_avg", *self._state_names(group))
 
     def _decay(self, group) -> tuple[float, float]:
         # AdaBelief's options: fixed_decay (with decoupled decay only) is independent of lr.
