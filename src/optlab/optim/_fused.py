@@ -280,18 +280,6 @@ def note_default_failure(device_type: str, error: BaseException) -> None:
 # --------------------------------------------------------------------------
 
 
-def signed_grad(param: Tensor, grad: Tensor, sign: Tensor, l2: Tensor) -> Tensor:
-    """``maximize`` and L2 weight decay as runtime scalars, for the elementwise rules.
-
-    ``sign`` is -1.0 to maximize, else 1.0 (multiplying by either is exact);
-    ``l2`` is the L2 coefficient, 0.0 for none (then the gradient passes
-    unchanged, not as ``grad + 0 * param``, which would turn an infinite
-    parameter into NaN). One kernel then serves every value of both options.
-    """
-    grad = grad * sign
-    return torch.where(l2 != 0, grad + l2 * param, grad)
-
-
 def scaled_rule(
     rule: Callable[..., None],
     arguments: Sequence[Tensor | None],
