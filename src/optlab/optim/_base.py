@@ -45,7 +45,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import _foreach_supported_types as _torch_foreach_supported_types
 
-from . import _fused
+from . import _fused, _lowp
 from ._rules import derived_form, prepare_foreach, prepare_loop
 
 __all__ = [
@@ -246,6 +246,11 @@ DOC_FRAGMENTS = {
         "fused: ``True`` one generated kernel call per bucket of tensors\n"
         "    (:mod:`optlab.optim._fused`); ``None`` lets large groups use it (see there)."
     ),
+    "{state}": (
+        "state_dtype: how the moments are stored between steps: ``None`` full precision\n"
+        "    (default), ``torch.bfloat16`` with stochastic rounding, or ``\"int8\"`` in\n"
+        "    blocks of 256 with a scale each (:mod:`optlab.optim._lowp`)."
+    ),
     "{torch_off}": (
         "capturable: accepted as ``False`` only (torch.optim's CUDA-graph capture).\n"
         "differentiable: accepted as ``False`` only (torch.optim's autograd through the step)."
@@ -313,6 +318,10 @@ class OptlabOptimizer(Optimizer):
     #: (``False``), so code and configs written for torch.optim that pass them
     #: explicitly run unchanged; what each would switch on is in :data:`_UNSUPPORTED`.
     torch_off_only: ClassVar[tuple[str, ...]] = ()
+    #: The state keys ``state_dtype`` may store compactly, each ``"signed"`` (a first
+    #: moment) or ``"nonnegative"`` (a second moment, coded in the square-root domain);
+    #: empty for an optimizer that takes no ``state_dtype``. See :mod:`optlab.optim._lowp`.
+    moment_kinds: ClassVar[Mapping[str, str]] = MappingProxyType({})
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -341,6 +350,7 @@ class OptlabOptimizer(Optimizer):
             if group["foreach"] and group["fused"]:
                 raise ValueAndRuntimeError("foreach and fused cannot both be True; pick one")
             self._check_unsupported(group)
+            self._check_state_dtype(group)
             if group["fused"] and "fused" not in self.implementations:
                 raise ValueError(
                     f"fused=True is not available for {type(self).__name__}; "
@@ -351,6 +361,19 @@ class OptlabOptimizer(Optimizer):
             if not where:
                 raise
             raise type(error)(f"{where}: {error}") from None  # the same type, torch's too
+
+    def _check_state_dtype(self, group: Mapping[str, Any]) -> None:
+        fmt = _lowp.parse_state_dtype(group.get("state_dtype"))
+        if fmt is not None and not self.moment_kinds:
+            raise ValueError(
+                f"state_dtype={group['state_dtype']!r} is not available for "
+                f"{type(self).__name__} (it has no elementwise moments to store compactly); "
+                "use state_dtype=None"
+            )
+
+    def _state_format(self, group: Mapping[str, Any]) -> str | None:
+        """The group's compact format, ``None`` for full precision."""
+        return _lowp.parse_state_dtype(group.get("state_dtype"))
 
     def _check_unsupported(self, group: Mapping[str, Any]) -> None:
         for name in self.torch_off_only:
@@ -370,12 +393,27 @@ class OptlabOptimizer(Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         candidate = {**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}}
         self._check_all(candidate, where=f"param group {len(self.param_groups)}")
-        if candidate["fused"]:  # checked before the group is added: a refusal changes nothing
+        if candidate["fused"] or self._state_format(candidate):
+            # Checked before the group is added: a refusal changes nothing.
             params = param_group["params"]
             params = [params] if isinstance(params, Tensor) else list(params)
             param_group = {**param_group, "params": params}
-            _fused.require_fused(type(self).__name__, params)
+            if candidate["fused"]:
+                _fused.require_fused(type(self).__name__, params)
+            if self._state_format(candidate):
+                self._check_compact_params(params, candidate, len(self.param_groups))
         super().add_param_group(param_group)
+
+    def _check_compact_params(
+        self, params: Sequence[Tensor], group: Mapping[str, Any], index: int
+    ) -> None:
+        for param in params:
+            if torch.is_complex(param) or not _fused.plain_tensors([param]):
+                what = "complex" if torch.is_complex(param) else f"a {type(param).__name__}"
+                raise ValueError(
+                    f"param group {index}: state_dtype={group['state_dtype']!r} needs plain "
+                    f"real tensors, a parameter is {what}; use state_dtype=None for this group"
+                )
 
     # ----- state ------------------------------------------------------------
 
@@ -424,8 +462,101 @@ class OptlabOptimizer(Optimizer):
         known = memo.get(id(group))
         if known is None or known[0] != options:
             keys = self._required_state_keys(group) | ({"step"} if self.counts_steps else set())
+            keys |= self._absmax_keys(group, keys)
+            self._check_stored_formats(group)
             known = memo[id(group)] = (options, frozenset(keys))
         return known[1]
+
+    def _absmax_keys(self, group: Mapping[str, Any], keys: Iterable[str]) -> set[str]:
+        """The int8 scale keys that go with the moment ``keys`` under ``group``'s format."""
+        if self._state_format(group) != "int8":
+            return set()
+        return {_lowp.absmax_key(key) for key in keys if key in self.moment_kinds}
+
+    def _stored_as(
+        self, param: Tensor, state: Mapping[str, Any], key: str, fmt: str | None
+    ) -> str | None:
+        """How ``state[key]`` is stored, ``fmt`` itself where that is the same bytes.
+
+        (A bf16 parameter whose full-precision state is bf16 stores ``None`` and
+        ``"bfloat16"`` alike.)
+        """
+        stored = _lowp.stored_format(state, key)
+        if {stored, fmt} == {None, "bfloat16"} and self._state_dtype(param) == torch.bfloat16:
+            return fmt
+        return stored
+
+    def _check_stored_formats(self, group: Mapping[str, Any]) -> None:
+        """Refuse a group whose ``state_dtype`` differs from how its state is stored."""
+        fmt = self._state_format(group)
+        for param in group["params"]:
+            state = self.state.get(param)
+            if not state:
+                continue
+            for key in self.moment_kinds:
+                if key in state and self._stored_as(param, state, key, fmt) != fmt:
+                    index = next(
+                        i for i, g in enumerate(self.param_groups) if g is group
+                    ) if any(g is group for g in self.param_groups) else "?"
+                    raise ValueError(
+                        f"param group {index} has state_dtype={group.get('state_dtype')!r} but "
+                        f"its state {key!r} is stored as "
+                        f"{self._stored_as(param, state, key, fmt) or 'full precision'}; convert "
+                        "it with "
+                        f"optimizer.set_state_dtype({group.get('state_dtype')!r}) instead of "
+                        "setting the option"
+                    )
+
+    def _positions(self) -> dict[Tensor, int]:
+        """Each parameter's position over all groups in order (the rounding seeds use it)."""
+        signature = tuple((id(g["params"]), len(g["params"])) for g in self.param_groups)
+        memo = self.__dict__.get("_position_memo")
+        if memo is None or memo[0] != signature:
+            positions = {}
+            for param in chain.from_iterable(g["params"] for g in self.param_groups):
+                positions.setdefault(param, len(positions))
+            memo = self.__dict__["_position_memo"] = (signature, positions)
+        return memo[1]
+
+    def _compact(
+        self,
+        group: Mapping[str, Any],
+        params: Sequence[Tensor],
+        states: list[dict[str, Any]],
+        keys: Sequence[str],
+        key: str,
+    ) -> _lowp.CompactStates:
+        fmt, kind = self._state_format(group), self.moment_kinds[key]
+        positions, slot = self._positions(), keys.index(key)
+        seeds = [
+            _lowp.part_seeds(
+                fmt, param.numel(), positions[param], int(state["step"]) if "step" in state
+                else 0, slot,
+            )
+            for param, state in zip(params, states, strict=True)
+        ]  # fmt: skip
+        absmax = None
+        if fmt == "int8":
+            absmax = [state[_lowp.absmax_key(key)] for state in states]
+        return _lowp.CompactStates([state[key] for state in states], fmt, kind, absmax, seeds)
+
+    def _compress_state(self, param: Tensor, state: dict[str, Any], group: Mapping[str, Any]) -> None:
+        """Store ``state``'s full-precision moments in the group's compact format (new state)."""
+        fmt = self._state_format(group)
+        if fmt is None:
+            return
+        keys = self._rule_state_keys(group)
+        position = self._positions().get(param, 0)
+        for key, kind in self.moment_kinds.items():
+            value = state.get(key)
+            if not isinstance(value, Tensor) or self._stored_as(param, state, key, fmt) == fmt:
+                continue
+            slot = keys.index(key) if key in keys else 0
+            seeds = _lowp.part_seeds(fmt, value.numel(), position, 0, slot)
+            codes, absmax = _lowp.compress(fmt, kind, value.float(), seeds)
+            state[key] = codes
+            if absmax is not None:
+                state[_lowp.absmax_key(key)] = absmax
 
     def _rule_state_keys(self, group: Mapping[str, Any]) -> tuple[str, ...]:
         """The state keys whose tensors :attr:`rule` and :attr:`forms` take, in order.
@@ -438,14 +569,28 @@ class OptlabOptimizer(Optimizer):
         return self.state_keys
 
     def _real_states(
-        self, states: list[dict[str, Any]], keys: Sequence[str] | None = None
+        self,
+        states: list[dict[str, Any]],
+        keys: Sequence[str] | None = None,
+        group: Mapping[str, Any] | None = None,
+        params: Sequence[Tensor] | None = None,
     ) -> dict[str, list[Tensor]]:
-        """Per state key present in every state: the list of (real views of) its tensors."""
+        """Per state key present in every state: the list of (real views of) its tensors.
+
+        With ``group`` and ``params`` given and the group's ``state_dtype`` set,
+        a moment's list is a :class:`~optlab.optim._lowp.CompactStates` (its
+        codes, scales and this step's rounding seeds).
+        """
+        keys = self.state_keys if keys is None else keys
+        fmt = None if group is None else self._state_format(group)
         real = {}
-        for key in self.state_keys if keys is None else keys:
+        for key in keys:
             values = [state.get(key) for state in states]
             if all(isinstance(value, Tensor) for value in values):
-                real[key] = [as_real(v) for v in values] if self._complex_group else values
+                if fmt is not None and key in self.moment_kinds:
+                    real[key] = self._compact(group, params, states, keys, key)
+                else:
+                    real[key] = [as_real(v) for v in values] if self._complex_group else values
         return real
 
     # ----- the step ---------------------------------------------------------
@@ -489,9 +634,65 @@ class OptlabOptimizer(Optimizer):
         """
         used = self._group_state_keys(group)
         keys = self._rule_state_keys(group)
-        real = self._real_states(states, keys)
+        real = self._real_states(states, keys, group, params)
         state_lists = [real[key] if key in used else None for key in keys]
         steps = [state["step"].item() for state in states] if self.counts_steps else None
+        form = self.forms.get(implementation)
+        if form is not None and any(isinstance(s, _lowp.CompactStates) for s in state_lists):
+            self._run_form_decoded(group, params, grads, state_lists, steps, implementation)
+            return
+        self._run(group, params, grads, state_lists, steps, implementation)
+
+    #: Elements decoded at once for a hand-written form run on compact state.
+    _DECODE_CHUNK = 1 << 22
+
+    def _run_form_decoded(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        state_lists: list[Any],
+        steps: list[float] | None,
+        implementation: str,
+    ) -> None:
+        """A hand-written form on compact state: decoded a chunk of tensors at a time."""
+        chunks, chunk, size = [], [], 0
+        for index, param in enumerate(params):
+            chunk.append(index)
+            size += param.numel()
+            if size >= self._DECODE_CHUNK:
+                chunks.append(chunk)
+                chunk, size = [], 0
+        chunks += [chunk] if chunk else []
+        for indices in chunks:
+            lists = []
+            for states in state_lists:
+                if isinstance(states, _lowp.CompactStates):
+                    lists.append([states.decoded(i, params[i].dtype) for i in indices])
+                else:
+                    lists.append(None if states is None else [states[i] for i in indices])
+            self._run(
+                group,
+                [params[i] for i in indices],
+                [grads[i] for i in indices],
+                lists,
+                None if steps is None else [steps[i] for i in indices],
+                implementation,
+            )
+            for states, decoded in zip(state_lists, lists, strict=True):
+                if isinstance(states, _lowp.CompactStates):
+                    for i, value in zip(indices, decoded, strict=True):
+                        states.store(i, value)
+
+    def _run(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        state_lists: list[Any],
+        steps: list[float] | None,
+        implementation: str,
+    ) -> None:
         sign = -1.0 if group["maximize"] else 1.0
         l2, decay = self._decay(group)
         form = self.forms.get(implementation)
@@ -603,7 +804,9 @@ class OptlabOptimizer(Optimizer):
         back from the device, the host sync this route exists to avoid.
         """
         return all(
-            group.get("fused") and all(map(_on_cpu_plain, group["params"]))
+            group.get("fused")
+            and all(map(_on_cpu_plain, group["params"]))
+            and self._state_format(group) is None
             for group in self.param_groups
         )
 
@@ -716,6 +919,7 @@ class OptlabOptimizer(Optimizer):
                 # switched on in this group after the state was made: start it at zero.
                 for key, value in self._init_state(param, group).items():
                     state.setdefault(key, value)
+            self._compress_state(param, state, group)
         if self.counts_steps and states:
             self._count_step(group, states)
         return params, grads, states
@@ -794,14 +998,87 @@ class OptlabOptimizer(Optimizer):
         super().load_state_dict(state_dict)  # type: ignore[arg-type]
         # torch casts every state tensor to the parameter's dtype; where this
         # optimizer keeps float32 state for fp16/bf16 parameters, undo that
-        # from the checkpoint's own values so nothing is rounded away.
+        # from the checkpoint's own values so nothing is rounded away, and
+        # compact moments (state_dtype) keep their codes' and scales' dtypes.
+        compact = set(self.moment_kinds) | {_lowp.absmax_key(k) for k in self.moment_kinds}
         for saved_id, param in id_map.items():
             saved = state_dict["state"].get(saved_id)
-            if saved is None or self._state_dtype(param) == param.dtype:
+            if saved is None:
                 continue
             for key, value in saved.items():
-                if key != "step" and torch.is_tensor(value):
+                if key == "step" or not torch.is_tensor(value):
+                    continue
+                if key in compact and (
+                    key not in self.moment_kinds or _lowp.stored_format(saved, key) is not None
+                ):
+                    self.state[param][key] = value.to(device=param.device)
+                elif self._state_dtype(param) != param.dtype:
                     self.state[param][key] = value.to(device=param.device, dtype=torch.float32)
+
+    def set_state_dtype(self, state_dtype: Any, groups: Iterable[int] | None = None) -> None:
+        """Store the moments of ``groups`` (indices; default all) in ``state_dtype`` from now on.
+
+        Converts the state already kept (decoded, then rounded into the new
+        format with the seeds of its current step; to full precision it is
+        decoded exactly) and sets each group's ``state_dtype``. Setting the
+        option by hand on a group with state is refused at the next step, as
+        the stored state would not match it. Checked before anything changes.
+        """
+        fmt = _lowp.parse_state_dtype(state_dtype)
+        indices = list(range(len(self.param_groups)) if groups is None else groups)
+        for index in indices:
+            if not (isinstance(index, int) and 0 <= index < len(self.param_groups)):
+                raise ValueError(
+                    f"groups must be indices of param groups (0 to {len(self.param_groups) - 1}), "
+                    f"got {index!r}"
+                )
+            group = self.param_groups[index]
+            self._check_all({**group, "state_dtype": state_dtype}, where=f"param group {index}")
+            if fmt is not None:
+                self._check_compact_params(group["params"], {"state_dtype": state_dtype}, index)
+        converted = {}
+        positions = self._positions()
+        for index in indices:
+            group = self.param_groups[index]
+            keys = self._rule_state_keys(group)
+            for param in group["params"]:
+                state = self.state.get(param)
+                if state:
+                    converted[param] = self._converted_state(
+                        param, state, fmt, positions[param], keys
+                    )
+        for param, state in converted.items():
+            self.state[param] = state
+        for index in indices:
+            self.param_groups[index]["state_dtype"] = state_dtype
+
+    def _converted_state(
+        self, param: Tensor, state: dict[str, Any], fmt: str | None, position: int,
+        keys: Sequence[str],
+    ) -> dict[str, Any]:  # fmt: skip
+        new = dict(state)
+        step = int(state["step"]) if "step" in state else 0
+        for key, kind in self.moment_kinds.items():
+            if not isinstance(state.get(key), Tensor):
+                continue
+            current = self._stored_as(param, state, key, fmt)
+            if current == fmt:
+                continue
+            absmax = new.pop(_lowp.absmax_key(key), None)
+            if current is None:
+                value = state[key]
+            else:
+                value = _lowp.decode(current, kind, state[key], absmax, torch.float32)
+            if fmt is None:
+                new[key] = value.to(self._state_dtype(param))
+                continue
+            slot = keys.index(key) if key in keys else 0
+            seeds = _lowp.part_seeds(fmt, value.numel(), position, step, slot)
+            codes, new_absmax = _lowp.compress(fmt, kind, value.float(), seeds)
+            new[key] = codes
+            if new_absmax is not None:
+                new[_lowp.absmax_key(key)] = new_absmax
+        return new
 
     def _check_loadable(self, state_dict: Mapping[str, Any]) -> dict[Any, Tensor]:
         name = type(self).__name__
@@ -846,6 +1123,7 @@ class OptlabOptimizer(Optimizer):
             for saved_id in saved["params"]
         }
         allowed = set(self.state_keys) | ({"step"} if self.counts_steps else set())
+        allowed |= {_lowp.absmax_key(key) for key in self.moment_kinds}
         for saved_id, saved_state in state_dict["state"].items():
             if saved_id not in id_map:
                 continue
@@ -860,7 +1138,9 @@ class OptlabOptimizer(Optimizer):
                 )
             if not keys:
                 continue
-            missing = self._required_state_keys(group_of[saved_id]) - keys
+            saved_group = group_of[saved_id]
+            required = self._required_state_keys(saved_group)
+            missing = (required | self._absmax_keys(saved_group, required)) - keys
             if self.counts_steps and "step" not in keys:
                 missing.add("step")
             if missing:
@@ -868,8 +1148,26 @@ class OptlabOptimizer(Optimizer):
                     f"checkpoint state of parameter {saved_id} lacks {sorted(missing)}, which "
                     f"{name} needs with these options; is it another optimizer's checkpoint?"
                 )
+            fmt = self._state_format(saved_group)
+            for key in self.moment_kinds:
+                stored = self._stored_as(param, saved_state, key, fmt) if key in keys else fmt
+                if stored != fmt:
+                    raise ValueError(
+                        f"checkpoint state {key!r} of parameter {saved_id} is stored as "
+                        f"{stored or 'full precision'}, but its param group's state_dtype is "
+                        f"{saved_group.get('state_dtype')!r}"
+                    )
             for key, value in saved_state.items():
                 if key == "step" or not torch.is_tensor(value):
+                    continue
+                if key in allowed - set(self.state_keys) - {"step"}:  # an int8 moment's scales
+                    blocks = -(-param.numel() // _lowp.BLOCK)
+                    if tuple(value.shape) != (blocks,):
+                        raise ValueError(
+                            f"checkpoint state {key!r} of parameter {saved_id} has shape "
+                            f"{tuple(value.shape)}, expected ({blocks},) (one scale per block "
+                            f"of {_lowp.BLOCK})"
+                        )
                     continue
                 if tuple(value.shape) != tuple(param.shape):
                     raise ValueError(

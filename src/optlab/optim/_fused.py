@@ -139,6 +139,7 @@ import hashlib
 import importlib
 import json
 import logging
+import math
 import operator
 import os
 import platform
@@ -153,7 +154,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import _inductor
+from . import _inductor, _lowp
 
 __all__ = [
     "FUSED_DEFAULT_MIN_NUMEL",
@@ -344,6 +345,7 @@ def _bucket_function(
     arity: int,
     flags: Mapping[str, Any],
     scaled: bool = False,
+    layout: Layout = (),
 ) -> tuple[Callable[..., None], list[str]]:
     """``rule`` applied to ``arity`` tensor sets, as one function of named tensor arguments.
 
@@ -351,31 +353,130 @@ def _bucket_function(
     a named argument, and a fresh code object per signature: Dynamo keys its
     cache (and its recompile limit) on the code object, and every signature is
     a separate kernel, not a recompile of one.
+
+    With a compact ``layout`` (:class:`Layout`) a moment is decoded before the
+    rule and rounded into its storage after it (:mod:`optlab.optim._lowp`), in
+    the same kernel; the rule gets the first ``layout.num_scalars`` scalars,
+    and each set's rounding seeds follow them in the vector.
     """
     names, calls = [], []
+    compact = layout.compact if layout else ()
     for slot in range(arity):
-        arguments = []
+        arguments, decodes, stores = [], [], []
         for index, given in enumerate(present):
-            if given:
-                names.append(f"t{slot}_{index}")
-                arguments.append(names[-1])
-            else:
+            if not given:
                 arguments.append("None")
+                continue
+            name = f"t{slot}_{index}"
+            names.append(name)
+            entry = compact[index] if compact else None
+            if entry is None:
+                arguments.append(layout.view(name) if layout else name)
+                continue
+            fmt, kind = entry
+            absmax = "None"
+            if fmt == "int8":
+                absmax = f"a{slot}_{index}"
+                names.append(absmax)
+            seed = f"scalars[{layout.seed_index(slot, index)}].to(torch.int32)"
+            value = f"d{slot}_{index}"
+            param = layout.view(f"t{slot}_0")
+            decodes.append(
+                f"    {value} = lowp_decode({fmt!r}, {kind!r}, {layout.view(name)}, {absmax}, "
+                f"{param}.dtype)"
+            )
+            stores.append(
+                f"    lowp_store({fmt!r}, {kind!r}, {value}, {layout.view(name)}, {absmax}, {seed})"
+            )
+            arguments.append(value)
+        scalars = f"scalars[:{layout.num_scalars}]" if layout else "scalars"
         if scaled:
-            calls.append(
-                f"    scaled_rule(rule, [{', '.join(arguments)}], scalars, flags, "
+            call = (
+                f"    scaled_rule(rule, [{', '.join(arguments)}], {scalars}, flags, "
                 "grad_scale, found_inf)"
             )
         else:
-            calls.append(f"    rule({', '.join(arguments)}, scalars, **flags)")
+            call = f"    rule({', '.join(arguments)}, {scalars}, **flags)"
+        calls += [*decodes, call, *stores]
     if scaled:
         names += ["grad_scale", "found_inf"]
     suffix = "_".join(f"{k}{int(v) if isinstance(v, bool) else v}" for k, v in flags.items())
-    function_name = f"{rule.__name__}__x{arity}__{suffix}{'__scaled' if scaled else ''}"[:200]
+    compact_name = f"__{layout.name()}" if layout else ""
+    function_name = (
+        f"{rule.__name__}__x{arity}__{suffix}{'__scaled' if scaled else ''}{compact_name}"[:200]
+    )
     source = f"def {function_name}({', '.join(names)}, scalars):\n" + "\n".join(calls) + "\n"
-    namespace: dict[str, Any] = {"rule": rule, "flags": dict(flags), "scaled_rule": scaled_rule}
+    namespace: dict[str, Any] = {
+        "rule": rule,
+        "flags": dict(flags),
+        "scaled_rule": scaled_rule,
+        "torch": torch,
+        "lowp_decode": _lowp.kernel_decode,
+        "lowp_store": _lowp.kernel_store,
+    }
     exec(compile(source, f"<optlab fused {function_name}>", "exec"), namespace)  # noqa: S102
     return namespace[function_name], [*names, "scalars"]
+
+
+def _agree(a: Tensor, b: Tensor) -> bool:
+    """Whether a kernel's output equals the eager rule's, up to the rounding each format claims.
+
+    Codes may differ by one where fp32 rounding (a fused multiply-add, say)
+    moves a value across a rounding threshold; bf16 by one spacing.
+    """
+    if a.dtype in (torch.int8, torch.uint8):
+        return bool(((a.to(torch.int32) - b.to(torch.int32)).abs() <= 1).all())
+    if a.dtype == torch.bfloat16:
+        return torch.allclose(a.float(), b.float(), rtol=2.0**-7, atol=0.0, equal_nan=True)
+    return torch.allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+class Layout(tuple):
+    """How a kernel's tensor sets store their moments: ``()`` for plain tensors.
+
+    ``Layout((compact, part, num_scalars))``: ``compact`` per rule tensor
+    argument ``None`` (plain) or ``(fmt, kind)``; ``part`` is ``"flat"`` (bf16:
+    1-D sets), ``"blocks"`` (int8: sets whose size is a multiple of
+    :data:`~optlab.optim._lowp.BLOCK`, viewed as rows of blocks) or
+    ``"tail"`` (int8: sets shorter than a block, one row); ``num_scalars`` the
+    rule's own scalars, after which come the seeds, :meth:`seed_index`.
+    """
+
+    __slots__ = ()
+
+    @property
+    def compact(self) -> tuple[tuple[str, str] | None, ...]:
+        return self[0]
+
+    @property
+    def part(self) -> str:
+        return self[1]
+
+    @property
+    def num_scalars(self) -> int:
+        return self[2]
+
+    @property
+    def moments(self) -> list[int]:
+        """Rule argument indices of the compact moments."""
+        return [index for index, entry in enumerate(self.compact) if entry is not None]
+
+    def seed_index(self, slot: int, index: int) -> int:
+        moments = self.moments
+        return self.num_scalars + slot * len(moments) + moments.index(index)
+
+    def view(self, name: str) -> str:
+        if self.part == "blocks":
+            return f"{name}.view(-1, {_lowp.BLOCK})"
+        if self.part == "tail":
+            return f"{name}.view(1, -1)"
+        return name
+
+    def name(self) -> str:
+        codes = "".join(
+            "p" if entry is None else f"{entry[0][0]}{entry[1][0]}" for entry in self.compact
+        )
+        return f"{self.part}_{codes}"
 
 
 class _Kernel:
@@ -396,22 +497,43 @@ class _Kernel:
         dtype: torch.dtype,
         arity: int,
         scaled: bool = False,
+        layout: Layout = Layout(),
     ) -> None:
         self.rule = rule
         self.scaled = scaled  # takes grad_scale and found_inf after the tensor sets
         self.flags = dict(flags)
         self.present = present  # which tensor arguments of the rule are given (not None)
-        self.width = sum(present)  # given tensors per set
+        self.layout = layout
+        # Per given tensor of a set: (dtype, kind) with kind "plain", "codes" or "absmax".
+        self.members: list[tuple[torch.dtype, str]] = []
+        for index, given in enumerate(present):
+            entry = layout.compact[index] if layout else None
+            if not given:
+                continue
+            if entry is None:
+                self.members.append((dtype, "plain"))
+            elif entry[0] == "bfloat16":
+                self.members.append((torch.bfloat16, "codes"))
+            else:
+                code_dtype = torch.int8 if entry[1] == "signed" else torch.uint8
+                self.members += [(code_dtype, "codes"), (torch.float32, "absmax")]
+        self.width = len(self.members)  # given tensors per set
         self.arity = arity
         self.device = device
         self._on_cpu = _is_cpu(device)
         self.dtype = dtype
         self.threads = _threads(device)
-        self.function, self.names = _bucket_function(rule, present, arity, flags, scaled)
+        self.function, self.names = _bucket_function(
+            rule, present, arity, flags, scaled, layout
+        )
         # Scratch sets that fill the last bucket of a step: one element each (an
-        # empty tensor would mean a launch of zero blocks on CUDA), none shared.
+        # empty tensor would mean a launch of zero blocks on CUDA; int8 blocks:
+        # one block), none shared.
+        pad = _lowp.BLOCK if layout and layout.part == "blocks" else 1
         self.padding = [
-            torch.zeros(1, device=device, dtype=dtype) for _ in range(self.width * arity)
+            torch.zeros(1 if kind == "absmax" else pad, device=device, dtype=member_dtype)
+            for _ in range(arity)
+            for member_dtype, kind in self.members
         ]
         self._compiled: Callable[..., Any] | None = None
         self._direct: Callable[[list[Any]], Any] | None = None
@@ -425,8 +547,7 @@ class _Kernel:
     def compile(self, num_scalars: int) -> None:
         global _compiles
         # Distinct sizes per slot (Dynamo gives equal sizes one symbol), none 0 or 1.
-        sizes = [_SCRATCH_NUMEL + 2 * slot for slot in range(self.arity)]
-        scratch = self._scratch([(size,) for size in sizes], num_scalars, seed=0)
+        scratch = self._scratch([(size,) for size in self._sizes(0)], num_scalars, seed=0)
         try:
             compiled = _inductor.compile_function(
                 self.function, self.names, scratch, _INDUCTOR_OPTIONS
@@ -445,7 +566,7 @@ class _Kernel:
         self._direct, self._plan = compiled.wrapper, compiled.plan
         # N-D tensors passed as they are; where the generated code checks
         # dimensions after all (seen with Triton kernels), 1-D views of them.
-        for flat in (False, True):
+        for flat in (False, True) if not self.layout else (False,):
             self._flat, self._runner = flat, None
             if self._direct_matches_eager(num_scalars):
                 self._call_kernel_directly(num_scalars)
@@ -465,7 +586,7 @@ class _Kernel:
         """
         if self._flat:
             return
-        sizes = [_SCRATCH_NUMEL + 2 * slot + 1 for slot in range(self.arity)]
+        sizes = self._sizes(1)
         scratch = self._scratch([(size,) for size in sizes], num_scalars, seed=2)
         wrapper_runner = self._runner
 
@@ -514,29 +635,58 @@ class _Kernel:
         self._runner = None
         return False
 
+    def _sizes(self, offset: int) -> list[int]:
+        """Distinct element counts, one per slot, for tracing (``offset`` 0) and checks."""
+        part = self.layout.part if self.layout else "flat"
+        if part == "blocks":  # block counts far from the scalar vector's length
+            return [_lowp.BLOCK * (61 + 2 * slot + offset) for slot in range(self.arity)]
+        if part == "tail":
+            return [101 + 2 * slot + offset for slot in range(self.arity)]
+        return [_SCRATCH_NUMEL + 2 * slot + offset for slot in range(self.arity)]
+
     def _scratch(
         self, shapes: Sequence[tuple[int, ...]], num_scalars: int, seed: int
     ) -> list[Tensor]:
-        """Positive random tensors, one set per shape, then the scalar vector."""
+        """Random tensors, one set per shape (positive values, valid codes), then the scalar vector."""
         generator = torch.Generator().manual_seed(seed)
         args = []
         for shape in shapes:
-            for _ in range(self.width):
-                values = torch.rand(shape, generator=generator, dtype=torch.float64) + 0.5
-                args.append(values.to(device=self.device, dtype=self.dtype))
+            numel = math.prod(shape)
+            for member_dtype, kind in self.members:
+                if kind == "absmax":
+                    blocks = -(-numel // _lowp.BLOCK)
+                    values = torch.rand(blocks, generator=generator, dtype=torch.float64) + 0.5
+                elif member_dtype in (torch.int8, torch.uint8):
+                    low, high = (-127, 128) if member_dtype == torch.int8 else (1, 256)
+                    values = torch.randint(low, high, shape, generator=generator)
+                else:
+                    values = torch.rand(shape, generator=generator, dtype=torch.float64) + 0.5
+                args.append(values.to(device=self.device, dtype=member_dtype))
         if self.scaled:  # a power of two, as GradScaler's; nothing found
             args.append(torch.tensor(4.0, device=self.device))
             args.append(torch.tensor(0.0, device=self.device))
         scalars = torch.rand(num_scalars, generator=generator, dtype=torch.float64) * 0.5 + 0.25
+        if self.layout:  # the seeds: integers
+            count = num_scalars - self.layout.num_scalars
+            seeds = torch.randint(0, 1 << 31, (count,), generator=generator, dtype=torch.float64)
+            scalars[self.layout.num_scalars :] = seeds
         args.append(scalars.to(self.device))
         return args
 
     def _direct_matches_eager(self, num_scalars: int) -> bool:
         # N-D tensors (to be indexed linearly), equal sizes in two slots, and,
-        # when the bucket has room, a one-element last slot (as the padding).
-        shapes = [(3, _SCRATCH_NUMEL // 3 + 1 + slot % 2) for slot in range(self.arity)]
+        # when the bucket has room, a one-element last slot (as the padding);
+        # int8 parts: 1-D, whole blocks or one short block.
+        part = self.layout.part if self.layout else "flat"
+        if part == "flat":
+            shapes = [(3, _SCRATCH_NUMEL // 3 + 1 + slot % 2) for slot in range(self.arity)]
+            last = (1,)
+        else:
+            sizes = self._sizes(1)
+            shapes = [(sizes[slot - slot % 2],) for slot in range(self.arity)]
+            last = (_lowp.BLOCK if part == "blocks" else 1,)
         if self.arity > 1:
-            shapes[-1] = (1,)
+            shapes[-1] = last
         direct_args = self._scratch(shapes, num_scalars, seed=1)
         eager_args = self._scratch(shapes, num_scalars, seed=1)
         try:
@@ -546,10 +696,7 @@ class _Kernel:
         except Exception as error:
             logger.debug("optlab fused: direct call raised %r", error)
             return False
-        return all(
-            torch.allclose(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)
-            for a, b in zip(direct_args, eager_args, strict=True)
-        )
+        return all(map(_agree, direct_args, eager_args))
 
     # ----- run --------------------------------------------------------------
 
@@ -660,10 +807,11 @@ def _kernel(
     dtype: torch.dtype,
     num_scalars: int,
     scaled: bool = False,
+    layout: Layout = Layout(),
 ) -> _Kernel:
     global _compiles
     # Flags in the caller's order: each rule has one call site.
-    key = (rule, present, device, dtype, _threads(device), scaled, *flags.items())
+    key = (rule, present, device, dtype, _threads(device), scaled, layout, *flags.items())
     kernel = _kernels.get(key)
     if kernel is None:
         reason = fused_unavailable_reason(device)  # e.g. parameters still on meta
@@ -673,7 +821,7 @@ def _kernel(
                 "device with fused kernels first (e.g. module.to_empty(device='cpu') after "
                 "building on meta), or use fused=False."
             )
-        kernel = _Kernel(rule, flags, present, device, dtype, BUCKET_SIZE, scaled)
+        kernel = _Kernel(rule, flags, present, device, dtype, BUCKET_SIZE, scaled, layout)
         if kernel.load(num_scalars):
             with _lock:
                 _compiles += 1
@@ -721,6 +869,8 @@ def _sources(kernel: _Kernel) -> list[str]:
     """The modules a kernel's generated code depends on: this one, :mod:`._inductor`,
     the rule's module and, where it exists, :data:`_RULES_MODULE`."""
     names = [__name__, _inductor.__name__, kernel.rule.__module__]
+    if kernel.layout:
+        names.append(_lowp.__name__)
     if _RULES_MODULE not in names:
         try:
             importlib.import_module(_RULES_MODULE)
@@ -756,6 +906,7 @@ def _record_path(kernel: _Kernel) -> Path:
             kernel.device.type,
             kernel.threads,
             kernel.scaled,
+            list(kernel.layout),
             os.cpu_count(),  # Inductor names the thread count in the code when they differ
             sorted(_INDUCTOR_OPTIONS.items()),
             # Inductor's settings from the environment (its cache folder aside: Inductor
@@ -832,6 +983,9 @@ def fused_update(
     params = tensors[0]
     if not params:
         return
+    if any(isinstance(lists, _lowp.CompactStates) for lists in tensors):
+        _compact_update(rule, tensors, scalars, keys, flags)
+        return
     scaling = current_grad_scaling()
     count = len(params)
     present = tuple(lists is not None for lists in tensors)
@@ -889,3 +1043,117 @@ def fused_update(
         if end < len(flat):
             missing = (stride - (len(flat) - end)) // kernel.width
             runner(flat[end:] + kernel.padding[: missing * kernel.width] + extra, vector)
+
+
+def _compact_update(
+    rule: Callable[..., None],
+    tensors: Sequence[Sequence[Tensor] | None],
+    scalars: Callable[[Any], Sequence[float]],
+    keys: Sequence[Any] | None,
+    flags: Mapping[str, Any],
+) -> None:
+    """:func:`fused_update` where some moments are stored compactly (:mod:`._lowp`).
+
+    The same kernels, generated with decoding before the rule and rounding
+    after it, one per part kind (bf16: whole tensors; int8: the tensors' full
+    blocks, and the shorter last blocks, each viewed 1-D); every tensor set
+    brings its rounding seeds, written into the scalar vector after the
+    rule's own scalars, bucket by bucket. Tensor sets that are not contiguous
+    run the rule eagerly with the same decoding and rounding.
+    """
+    if current_grad_scaling() is not None:
+        raise RuntimeError(
+            "optlab: GradScaler's fused route does not apply to compact state (state_dtype); "
+            "the optimizer reports _step_supports_amp_scaling=False for it"
+        )
+    params = tensors[0]
+    present = tuple(lists is not None for lists in tensors)
+    compact = tuple(
+        (lists.fmt, lists.kind) if isinstance(lists, _lowp.CompactStates) else None
+        for lists in tensors
+    )
+    moments = [index for index, entry in enumerate(compact) if entry is not None]
+    blocked = any(compact[index][0] == "int8" for index in moments)
+    # Runs of parameters sharing a device, a dtype and a scalar key.
+    runs: dict[tuple[Any, ...], list[int]] = {}
+    for index, param in enumerate(params):
+        runs.setdefault(
+            (param.device, param.dtype, None if keys is None else keys[index]), []
+        ).append(index)
+    values = {key: list(scalars(key)) for _, _, key in runs}
+    parts = ("blocks", "tail") if blocked else ("flat",)
+    kernels: dict[tuple[Any, ...], _Kernel] = {}
+    for device, dtype, key in runs:  # compiled before any tensor changes
+        for part in parts:
+            layout = Layout((compact, part, len(values[key])))
+            if (device, dtype, part) not in kernels:
+                kernels[device, dtype, part] = _kernel(
+                    rule, flags, present, device, dtype,
+                    len(values[key]) + BUCKET_SIZE * len(moments), False, layout,
+                )  # fmt: skip
+    for (device, dtype, key), indices in runs.items():
+        vector = values[key]
+        sets: dict[str, list[tuple[list[Tensor], list[int]]]] = {part: [] for part in parts}
+        for index in indices:
+            members = [lists[index] for lists in tensors if lists is not None]
+            if not all(map(Tensor.is_contiguous, members)):
+                arguments = [None if lists is None else lists[index] for lists in tensors]
+                _lowp.run_rule(rule, arguments, tensors, index, _rules_vector(vector), flags)
+                continue
+            _split_sets(tensors, index, blocked, sets)
+        for part, part_sets in sets.items():
+            if part_sets:
+                _run_sets(kernels[device, dtype, part], part_sets, vector, len(moments))
+
+
+def _rules_vector(values: Sequence[float]) -> Any:
+    from ._rules import HostScalars
+
+    return HostScalars(float(v) for v in values)
+
+
+def _split_sets(
+    tensors: Sequence[Sequence[Tensor] | None],
+    index: int,
+    blocked: bool,
+    sets: dict[str, list[tuple[list[Tensor], list[int]]]],
+) -> None:
+    """Parameter ``index``'s tensor sets, per part kind: flat views and their seeds."""
+    numel = tensors[0][index].numel()
+    if numel == 0:
+        return
+    for part_index, (start, stop) in enumerate(_lowp.parts(numel) if blocked else [(0, numel)]):
+        members, seeds = [], []
+        for lists in tensors:
+            if lists is None:
+                continue
+            tensor = lists[index].view(-1)[start:stop]
+            members.append(tensor)
+            if isinstance(lists, _lowp.CompactStates):
+                seeds.append(lists.seeds[index][part_index])
+                if lists.absmax is not None:
+                    blocks = lists.absmax[index]
+                    members.append(blocks[start // _lowp.BLOCK : -(-stop // _lowp.BLOCK)])
+        if not blocked:
+            part = "flat"
+        else:
+            part = "blocks" if (stop - start) % _lowp.BLOCK == 0 else "tail"
+        sets[part].append((members, seeds))
+
+
+def _run_sets(
+    kernel: _Kernel,
+    sets: list[tuple[list[Tensor], list[int]]],
+    vector: list[float],
+    moments: int,
+) -> None:
+    runner, arity = kernel.runner(), kernel.arity
+    for start in range(0, len(sets), arity):
+        bucket = sets[start : start + arity]
+        flat = [tensor for members, _ in bucket for tensor in members]
+        seeds = [float(value) for _, bucket_seeds in bucket for value in bucket_seeds]
+        missing = arity - len(bucket)
+        if missing:
+            flat += kernel.padding[: missing * kernel.width]
+            seeds += [0.0] * (missing * moments)
+        runner(flat, kernel.scalar_vector(vector + seeds))

@@ -135,8 +135,13 @@ def derived_form(
     an optimizer that has no reference order of operations to follow.
 
     The arguments are :func:`optlab.optim._fused.fused_update`'s; the scalars are
-    Python floats (:class:`HostScalars`), computed once per distinct key.
+    Python floats (:class:`HostScalars`), computed once per distinct key. A
+    moment stored compactly (a :class:`~optlab.optim._lowp.CompactStates`) is
+    decoded for the rule and rounded back after it.
     """
+    from ._lowp import CompactStates, run_rule
+
+    compact = any(isinstance(lists, CompactStates) for lists in tensors)
     vectors: dict[Any, HostScalars] = {}
     for index in range(len(tensors[0] or ())):
         key = None if keys is None else keys[index]
@@ -144,4 +149,7 @@ def derived_form(
         if vector is None:
             vector = vectors[key] = HostScalars(float(v) for v in scalars(key))
         arguments = [None if lists is None else lists[index] for lists in tensors]
-        rule(*arguments, vector, **flags)
+        if compact:  # moments decoded, then rounded back (optlab.optim._lowp)
+            run_rule(rule, arguments, tensors, index, vector, flags)
+        else:
+            rule(*arguments, vector, **flags)

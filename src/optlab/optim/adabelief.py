@@ -74,6 +74,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -259,9 +260,11 @@ class AdaBelief(OptlabOptimizer):
             the variance is not yet tractable, instead of no step (default True).
         print_change_log: accepted for compatibility and ignored (nothing is printed).
         {common}
+        {state}
     """
 
     state_keys = ("exp_avg", "exp_avg_var", "max_exp_avg_var")
+    moment_kinds = MappingProxyType({"exp_avg": "signed", "exp_avg_var": "nonnegative", "max_exp_avg_var": "nonnegative"})
     fp32_for_low_precision = True
     rule = staticmethod(_adabelief_rule)
     forms = {"loop": _adabelief_loop, "foreach": _adabelief_foreach}
@@ -283,6 +286,7 @@ class AdaBelief(OptlabOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_dtype: torch.dtype | str | None = None,
     ) -> None:
         del print_change_log  # the reference prints a change log; optlab prints nothing
         self._constructing = True

@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -129,9 +130,11 @@ class AdaBound(OptlabOptimizer):
         fixed_decay: with ``weight_decouple``, ``p *= 1 - weight_decay``,
             independent of lr, as the authors' ``AdaBoundW`` (default False).
         {common}
+        {state}
     """
 
     state_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    moment_kinds = MappingProxyType({"exp_avg": "signed", "exp_avg_sq": "nonnegative", "max_exp_avg_sq": "nonnegative"})
     fp32_for_low_precision = True
     rule = staticmethod(_adabound_rule)
 
@@ -151,6 +154,7 @@ class AdaBound(OptlabOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_dtype: torch.dtype | str | None = None,
     ) -> None:
         super().__init__(params, hparams(locals()))
 
@@ -225,6 +229,7 @@ class AdaBoundW(AdaBound):
         weight_decay: decoupled decay per step, not scaled by lr (default 0).
         amsbound: AMSBound's running maximum of the second moment (default False).
         {common}
+        {state}
     """
 
     def __init__(
@@ -241,6 +246,7 @@ class AdaBoundW(AdaBound):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_dtype: torch.dtype | str | None = None,
     ) -> None:
         super().__init__(
             params, lr, betas, final_lr, gamma, eps, weight_decay, amsbound,

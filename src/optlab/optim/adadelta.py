@@ -23,6 +23,7 @@ fused path); sparse gradients are rejected with a clear error (as torch does).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -84,10 +85,12 @@ class Adadelta(OptlabOptimizer):
         eps: added inside both square roots (default 1e-6).
         weight_decay: L2 penalty added to the gradient (default 0).
         {common}
+        {state}
         {torch_off}
     """
 
     state_keys = ("square_avg", "acc_delta")
+    moment_kinds = MappingProxyType({"square_avg": "nonnegative", "acc_delta": "nonnegative"})
     torch_off_only = ("capturable", "differentiable")
     rule = staticmethod(_adadelta_rule)
     forms = {"loop": _adadelta_loop, "foreach": _adadelta_foreach}
@@ -105,6 +108,7 @@ class Adadelta(OptlabOptimizer):
         maximize: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        state_dtype: torch.dtype | str | None = None,
     ) -> None:
         super().__init__(params, hparams(locals()))
 

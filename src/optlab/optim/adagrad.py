@@ -27,6 +27,7 @@ supports them, without weight decay, in the loop path).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -93,10 +94,12 @@ class Adagrad(OptlabOptimizer):
             gradients (default 0).
         eps: added to the denominator outside the square root (default 1e-10).
         {common}
+        {state}
         differentiable: accepted as ``False`` only (torch.optim's autograd through the step).
     """
 
     state_keys = ("sum",)
+    moment_kinds = MappingProxyType({"sum": "nonnegative"})
     torch_off_only = ("differentiable",)
     rule = staticmethod(_adagrad_rule)
     forms = {"loop": _adagrad_loop, "foreach": _adagrad_foreach}
@@ -114,6 +117,7 @@ class Adagrad(OptlabOptimizer):
         maximize: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        state_dtype: torch.dtype | str | None = None,
     ) -> None:
         super().__init__(params, hparams(locals()))
         # Eager state, as torch.optim.Adagrad: checkpoints of a fresh optimizer match.
@@ -123,6 +127,7 @@ class Adagrad(OptlabOptimizer):
                 if not state:
                     state["step"] = torch.tensor(0.0, dtype=torch.float32)
                     state.update(self._init_state(param, group))
+                    self._compress_state(param, state, group)
 
     def _check_hparams(self, group) -> None:
         for name in ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"):

@@ -28,6 +28,7 @@ rejected with a clear error; a tensor ``lr`` or tensor ``betas`` work with
 from __future__ import annotations
 
 from collections.abc import Iterable
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -112,10 +113,12 @@ class Adam(OptlabOptimizer):
         amsgrad: use the running maximum of the second moment (default False).
         decoupled_weight_decay: AdamW's decoupled decay (default False).
         {common}
+        {state}
         {torch_off}
     """
 
     state_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    moment_kinds = MappingProxyType({"exp_avg": "signed", "exp_avg_sq": "nonnegative", "max_exp_avg_sq": "nonnegative"})
     torch_off_only = ("capturable", "differentiable")
     rule = staticmethod(_adam_rule)
     forms = {"loop": _adam_loop, "foreach": _adam_foreach}
@@ -135,6 +138,7 @@ class Adam(OptlabOptimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
+        state_dtype: torch.dtype | str | None = None,
     ) -> None:
         super().__init__(params, hparams(locals()))
 
@@ -170,6 +174,7 @@ class AdamW(Adam):
         weight_decay: always decoupled, ``p = p * (1 - lr * weight_decay)`` before
             the Adam step (default 1e-2).
         {common}
+        {state}
         {torch_off}
     """
 
@@ -187,6 +192,7 @@ class AdamW(Adam):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        state_dtype: torch.dtype | str | None = None,
     ) -> None:
         super().__init__(params, **hparams(locals()), decoupled_weight_decay=True)
 

@@ -90,6 +90,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterable
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -280,9 +281,11 @@ class BeliefEps(OptlabOptimizer):
         degenerated_to_sgd: with ``rectify``, SGD-with-momentum steps while the variance
             is not tractable yet, instead of none (default True).
         {common}
+        {state}
     """
 
     state_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "exp_avg_var", "max_exp_avg_var")
+    moment_kinds = MappingProxyType({"exp_avg": "signed", "exp_avg_sq": "nonnegative", "max_exp_avg_sq": "nonnegative", "exp_avg_var": "nonnegative", "max_exp_avg_var": "nonnegative"})
     fp32_for_low_precision = True
     rule = staticmethod(_belief_eps_rule)
     forms = {"loop": _belief_eps_loop, "foreach": _belief_eps_foreach}
@@ -306,6 +309,7 @@ class BeliefEps(OptlabOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_dtype: torch.dtype | str | None = None,
     ) -> None:
         super().__init__(params, hparams(locals()))
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -126,9 +127,11 @@ class EAdam(OptlabOptimizer):
         weight_decay: L2 penalty added to the gradient (default 0).
         amsgrad: divide by the running maximum of ``exp_avg_sq`` (default False).
         {common}
+        {state}
     """
 
     state_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    moment_kinds = MappingProxyType({"exp_avg": "signed", "exp_avg_sq": "nonnegative", "max_exp_avg_sq": "nonnegative"})
     fp32_for_low_precision = True
     rule = staticmethod(_eadam_rule)
     forms = {"loop": _eadam_loop, "foreach": _eadam_foreach}
@@ -145,6 +148,7 @@ class EAdam(OptlabOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_dtype: torch.dtype | str | None = None,
     ) -> None:
         super().__init__(params, hparams(locals()))
 

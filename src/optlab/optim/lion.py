@@ -49,6 +49,7 @@ a pass.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -98,9 +99,11 @@ class Lion(OptlabOptimizer):
         weight_decay: decoupled weight decay, ``p *= 1 - lr * weight_decay``
             before the update (default 0).
         {common}
+        {state}
     """
 
     state_keys = ("exp_avg",)
+    moment_kinds = MappingProxyType({"exp_avg": "signed"})
     counts_steps = False
     fp32_for_low_precision = True
     rule = staticmethod(_lion_rule)
@@ -115,6 +118,7 @@ class Lion(OptlabOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_dtype: torch.dtype | str | None = None,
     ) -> None:
         super().__init__(params, hparams(locals()))
 

@@ -64,6 +64,7 @@ elementwise kernels (26 with L2 decay), each a pass.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -109,9 +110,11 @@ class MSVAG(OptlabOptimizer):
             ``decoupled_weight_decay`` the factor of ``p *= 1 - lr * weight_decay``.
         decoupled_weight_decay: decoupled (AdamW-style) decay instead of L2 (default False).
         {common}
+        {state}
     """
 
     state_keys = ("exp_avg", "exp_avg_sq")
+    moment_kinds = MappingProxyType({"exp_avg": "signed", "exp_avg_sq": "nonnegative"})
     fp32_for_low_precision = True
     rule = staticmethod(_msvag_rule)
 
@@ -126,6 +129,7 @@ class MSVAG(OptlabOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_dtype: torch.dtype | str | None = None,
     ) -> None:
         super().__init__(params, hparams(locals()))
 

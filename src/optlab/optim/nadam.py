@@ -52,6 +52,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from itertools import chain
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -109,12 +110,14 @@ class NAdam(OptlabOptimizer):
         decoupled_weight_decay: NAdamW's decay ``p *= 1 - lr * weight_decay``
             before the step (default False).
         {common}
+        {state}
         {torch_off}
     """
 
     #: ``mu_product`` is one number per parameter (a 0-dim tensor), not a tensor the
     #: rule reads: it is advanced and turned into step sizes in :meth:`_update_group`.
     state_keys = ("exp_avg", "exp_avg_sq", "mu_product")
+    moment_kinds = MappingProxyType({"exp_avg": "signed", "exp_avg_sq": "nonnegative"})
     torch_off_only = ("capturable", "differentiable")
     fp32_for_low_precision = True
     rule = staticmethod(_nadam_rule)
@@ -134,6 +137,7 @@ class NAdam(OptlabOptimizer):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        state_dtype: torch.dtype | str | None = None,
     ) -> None:
         super().__init__(params, hparams(locals()))
 
@@ -191,7 +195,7 @@ class NAdam(OptlabOptimizer):
         def scalars(key: tuple[float, float]) -> tuple[float, ...]:
             return (sign, l2, decay, *own(key))
 
-        real = self._real_states(states)
+        real = self._real_states(states, None, group, params)
         tensors = [params, grads, real["exp_avg"], real["exp_avg_sq"]]
         run = _fused.fused_update if implementation == "fused" else derived_form
         run(self.rule, tensors, scalars, keys)

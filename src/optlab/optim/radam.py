@@ -46,8 +46,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from types import MappingProxyType
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ._base import OptlabOptimizer, check_betas, check_bool, check_nonnegative, hparams, scalar
@@ -94,10 +96,12 @@ class RAdam(OptlabOptimizer):
         decoupled_weight_decay: AdamW's decay ``p *= 1 - lr * weight_decay``
             before the step (default False).
         {common}
+        {state}
         {torch_off}
     """
 
     state_keys = ("exp_avg", "exp_avg_sq")
+    moment_kinds = MappingProxyType({"exp_avg": "signed", "exp_avg_sq": "nonnegative"})
     torch_off_only = ("capturable", "differentiable")
     fp32_for_low_precision = True
     rule = staticmethod(_radam_rule)
@@ -116,6 +120,7 @@ class RAdam(OptlabOptimizer):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        state_dtype: torch.dtype | str | None = None,
     ) -> None:
         super().__init__(params, hparams(locals()))
 

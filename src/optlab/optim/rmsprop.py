@@ -35,6 +35,7 @@ buffers at zero (torch raises ``KeyError``).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -132,10 +133,12 @@ class RMSprop(OptlabOptimizer):
         centered: divide by an estimate of the gradient's variance instead of
             its second moment (default False).
         {common}
+        {state}
         {torch_off}
     """
 
     state_keys = ("square_avg", "grad_avg", "momentum_buffer")
+    moment_kinds = MappingProxyType({"square_avg": "nonnegative", "grad_avg": "signed", "momentum_buffer": "signed"})
     torch_off_only = ("capturable", "differentiable")
     rule = staticmethod(_rmsprop_rule)
     forms = {"loop": _rmsprop_loop, "foreach": _rmsprop_foreach}
@@ -155,6 +158,7 @@ class RMSprop(OptlabOptimizer):
         differentiable: bool = False,
         *,
         fused: bool | None = None,
+        state_dtype: torch.dtype | str | None = None,
     ) -> None:
         super().__init__(params, hparams(locals()))
 

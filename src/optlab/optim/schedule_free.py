@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -138,9 +139,11 @@ class AdamWScheduleFree(OptlabOptimizer):
         r: the average weights step ``t`` by ``t^r`` (default 0).
         weight_lr_power: ... and by ``lr_max^weight_lr_power`` (default 2.0).
         {common}
+        {state}
     """
 
     state_keys = ("z", "exp_avg_sq")
+    moment_kinds = MappingProxyType({"exp_avg_sq": "nonnegative"})
     counts_steps = False
     fp32_for_low_precision = True
     rule = staticmethod(_schedule_free_adamw_rule)
@@ -159,6 +162,7 @@ class AdamWScheduleFree(OptlabOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_dtype: torch.dtype | str | None = None,
     ) -> None:
         defaults = hparams(locals())
         # The package's per-group counters, as group entries (and so in checkpoints).

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -106,9 +107,11 @@ class Yogi(OptlabOptimizer):
         initial_accumulator_value: the value ``exp_avg_sq`` starts at (default 1e-6).
         weight_decay: L2 penalty added to the gradient (default 0).
         {common}
+        {state}
     """
 
     state_keys = ("exp_avg", "exp_avg_sq")
+    moment_kinds = MappingProxyType({"exp_avg": "signed", "exp_avg_sq": "nonnegative"})
     fp32_for_low_precision = True
     rule = staticmethod(_yogi_rule)
     forms = {"loop": _yogi_loop, "foreach": _yogi_foreach}
@@ -125,6 +128,7 @@ class Yogi(OptlabOptimizer):
         maximize: bool = False,
         foreach: bool | None = None,
         fused: bool | None = None,
+        state_dtype: torch.dtype | str | None = None,
     ) -> None:
         super().__init__(params, hparams(locals()))
 

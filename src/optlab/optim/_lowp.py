@@ -1,0 +1,388 @@
+r"""State in fewer bytes: moments kept in bfloat16 or as 8-bit blockwise codes.
+
+An elementwise optimizer's group option ``state_dtype`` chooses how its
+*moments* (the state keys its class lists in ``moment_kinds``: ``exp_avg``,
+``exp_avg_sq``, ...; never ``step`` or an iterate such as Schedule-Free's
+``z``) are stored between steps:
+
+``None`` (the default)
+    full precision, as before: the parameter's dtype, or float32 for
+    fp16/bf16 parameters where the optimizer keeps float32 state.
+``torch.bfloat16`` (or ``"bfloat16"``): 2 bytes a moment.
+    Decoded exactly; the new value, computed in float32 (float64 for float64
+    parameters, rounded to float32 for the store), is written back with
+    *stochastic rounding*: to the nearer-above bf16 magnitude ``hi`` when
+    ``u * (hi - lo) < |x| - lo``, else to ``lo`` (``lo <= |x| <= hi`` the two
+    neighbouring bf16 magnitudes, ``u`` uniform on multiples of 2^-16 in
+    [0, 1)), so ``E[round(x)] = x`` exactly for float32 ``x``. NaN and
+    infinities are kept; magnitudes under bf16's smallest normal round to
+    zero or the nearest subnormal with a small bias.
+``"int8"``: 1 byte a moment plus a float32 scale per block of :data:`BLOCK`.
+    The flattened moment is cut into blocks of :data:`BLOCK` consecutive
+    elements (the last one shorter when the size is not a multiple); each
+    block stores codes and its ``absmax`` ``A`` (under the key
+    ``"<key>_absmax"``, shape ``(ceil(n / BLOCK),)``), in the manner of
+    Dettmers et al., "8-bit Optimizers via Block-wise Quantization" (ICLR
+    2022), with a linear code and stochastic rounding instead of their
+    dynamic map:
+
+    - a *signed* moment (a first moment): ``A = max |x|``, ``code =
+      clamp(floor(x * (127 / A) + u), -127, 127)`` (int8), value ``code *
+      (A / 127)``;
+    - a *nonnegative* moment (a second moment, a sum of squares): coded in
+      the square-root domain, which keeps small values (the denominator
+      ``sqrt(v)`` is what the update uses): ``r = sqrt(x)``, ``A = max r``,
+      ``code = clamp(floor(r * (255 / A) + u), 0, 255)`` (uint8), raised to 1
+      where ``x > 0`` (rounding never turns a positive second moment into a
+      zero denominator), value ``(code * (A / 255))**2``.
+
+    ``A = 0`` (an all-zero block) stores zeros.
+
+The update always reads the decoded old moments and uses the new moments
+*before* they are rounded (the parameter sees a full-precision update); only
+what is stored for the next step is rounded. The fused kernel does all of
+it in its one pass over the parameter (bf16: one pass; int8: the block's
+absmax is a reduction, which Inductor's CPU code makes a second pass over
+the codes and the gradient).
+
+Random bits are reproducible: element ``i`` (its flat index within its
+*part*, see below) of a moment with seed ``s`` gets ``u = (hash32(i XOR s) &
+0xFFFF) / 65536``, ``hash32`` being the "lowbias32" integer hash
+(:func:`hash32`), and ``s`` is :func:`seed` of the parameter's position in
+the optimizer (over all groups, in order), its step count (after this step's
+increment), the moment's slot (its index in the rule's state keys) and the
+part (0; for int8 the parts of the flattened moment are its full blocks
+and a shorter last block, numbered in that order from 0 among those present,
+and the indices restart at 0 in each). So a run resumed from a
+checkpoint rounds exactly as the uninterrupted run, on any device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "BLOCK",
+    "FORMATS",
+    "KINDS",
+    "CompactStates",
+    "absmax_key",
+    "decode",
+    "encode_into",
+    "hash32",
+    "parse_state_dtype",
+    "round_bf16",
+    "seed",
+    "uniform",
+]
+
+#: Elements per int8 block (one float32 absmax each: 1/64 byte per element).
+BLOCK = 256
+
+#: The compact formats (``None``, the default, is full precision).
+FORMATS = ("bfloat16", "int8")
+
+#: What a moment is, for int8 coding: ``signed`` (linear) or ``nonnegative`` (square root).
+KINDS = ("signed", "nonnegative")
+
+# Constants the kernels use are written as literals in the functions: Dynamo
+# makes a module-level float a graph input (a scalar argument), not a constant.
+# 0.0048828125 = 1.25 * 2^-8, the nudge of round_bf16; 1.52587890625e-05 = 2^-16.
+
+
+def parse_state_dtype(value: Any) -> str | None:
+    """The canonical name of a ``state_dtype`` option: ``None``, ``"bfloat16"`` or ``"int8"``.
+
+    Accepts ``None``, ``torch.bfloat16``, ``"bfloat16"``/``"bf16"`` and
+    ``"int8"`` (also ``torch.int8``); raises ``ValueError`` naming the value
+    and what is allowed otherwise.
+    """
+    if value is None:
+        return None
+    if value is torch.bfloat16 or value in ("bfloat16", "bf16"):
+        return "bfloat16"
+    if value is torch.int8 or value == "int8":
+        return "int8"
+    if value is torch.float32 or value in ("float32", "fp32"):
+        raise ValueError(
+            "state_dtype must be None (full precision, the default), torch.bfloat16 / "
+            f"'bfloat16' or 'int8', got {value!r}; full precision is state_dtype=None"
+        )
+    raise ValueError(
+        "state_dtype must be None (full precision, the default), torch.bfloat16 / "
+        f"'bfloat16' or 'int8', got {value!r}"
+    )
+
+
+def absmax_key(key: str) -> str:
+    """The state key of an int8 moment's per-block absmax."""
+    return f"{key}_absmax"
+
+
+# --------------------------------------------------------------------------
+# Random bits: a counter-based hash, the same in eager code and in kernels.
+# --------------------------------------------------------------------------
+
+_M1 = 0x7FEB352D
+_M2 = 0x846CA68B - (1 << 32)  # as a signed 32-bit constant
+
+
+def hash32(x: Tensor) -> Tensor:
+    """"lowbias32" (C. Wellons) on int32 tensors, arithmetic modulo 2^32.
+
+    Logical shifts are written as arithmetic shifts masked to their width, and
+    the products wrap as two's complement, so the bits equal the unsigned
+    hash's on every backend.
+    """
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * _M1
+    x = x ^ ((x >> 15) & 0x1FFFF)
+    x = x * _M2
+    return x ^ ((x >> 16) & 0xFFFF)
+
+
+def uniform(like: Tensor, seed_value: Tensor | int) -> Tensor:
+    """float32 ``u`` in [0, 1), multiples of 2^-16, one per element of ``like`` (flat order)."""
+    index = torch.arange(like.numel(), device=like.device, dtype=torch.int32).view(like.shape)
+    return (hash32(index ^ seed_value) & 0xFFFF).to(torch.float32) * 1.52587890625e-05
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def seed(position: int, step: int, slot: int, part: int = 0) -> int:
+    """The rounding seed of one moment of one parameter at one step, in [0, 2^31).
+
+    splitmix64's finalizer of a linear mix of the four integers (see the
+    module docstring for what each is).
+    """
+    z = (
+        position * 0x9E3779B97F4A7C15
+        + step * 0xBF58476D1CE4E5B9
+        + slot * 0x94D049BB133111EB
+        + part * 0xD6E8FEB86659FD93
+    ) & _MASK64
+    z ^= z >> 30
+    z = (z * 0xBF58476D1CE4E5B9) & _MASK64
+    z ^= z >> 27
+    z = (z * 0x94D049BB133111EB) & _MASK64
+    z ^= z >> 31
+    return z & 0x7FFFFFFF
+
+
+# --------------------------------------------------------------------------
+# The codes. Plain torch ops: run eagerly, and traced into the fused kernels.
+# --------------------------------------------------------------------------
+
+
+def round_bf16(x: Tensor, u: Tensor) -> Tensor:
+    """``x`` (float32) stochastically rounded to bfloat16 with uniforms ``u``.
+
+    The neighbours are found arithmetically (Inductor's CPU code scalarises
+    bit casts): ``b`` is ``|x|`` rounded to nearest; ``b * (1 +- 1.25 * 2^-8)``
+    rounded to nearest is the bf16 value next to ``b`` above / below (the
+    nudge is between 0.625 and 1.25 of a bf16 spacing for every normal
+    ``b``), so ``lo <= |x| <= hi`` are exact and ``u * (hi - lo)`` is compared
+    with ``|x| - lo`` without a division.
+    """
+    a = x.abs()
+    b = a.to(torch.bfloat16).to(torch.float32)
+    above = (b * 1.0048828125).to(torch.bfloat16).to(torch.float32)
+    below = (b * 0.9951171875).to(torch.bfloat16).to(torch.float32)
+    exact_or_below = b <= a
+    lo = torch.where(exact_or_below, b, below)
+    hi = torch.where(exact_or_below, above, b)
+    rounded = torch.where(u * (hi - lo) < a - lo, hi, lo)
+    return torch.where(x < 0, -rounded, rounded).to(torch.bfloat16)
+
+
+def _quantize_blocks(x: Tensor, u: Tensor, kind: str) -> tuple[Tensor, Tensor]:
+    """Codes and absmax of a 2-D ``(blocks, width)`` float32 tensor, one block per row."""
+    if kind == "signed":
+        absmax = x.abs().amax(dim=-1, keepdim=True)
+        scale = torch.where(absmax > 0, 127.0 / absmax, 0.0)
+        codes = torch.floor(x * scale + u).clamp(-127.0, 127.0).to(torch.int8)
+    else:
+        root = x.clamp(min=0.0).sqrt()
+        absmax = root.amax(dim=-1, keepdim=True)
+        scale = torch.where(absmax > 0, 255.0 / absmax, 0.0)
+        codes = torch.floor(root * scale + u).clamp(0.0, 255.0)
+        codes = torch.where(x > 0, codes.clamp(min=1.0), codes).to(torch.uint8)
+    return codes, absmax.squeeze(-1)
+
+
+def _dequantize_blocks(codes: Tensor, absmax: Tensor, kind: str, dtype: torch.dtype) -> Tensor:
+    step = absmax.to(dtype).unsqueeze(-1) * (1.0 / 127.0 if kind == "signed" else 1.0 / 255.0)
+    value = codes.to(dtype) * step
+    return value if kind == "signed" else value * value
+
+
+def parts(numel: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the int8 parts of a flat tensor of ``numel``: the full blocks, the rest."""
+    full = numel - numel % BLOCK
+    return [(a, b) for a, b in ((0, full), (full, numel)) if b > a]
+
+
+def _block_view(flat: Tensor, start: int, stop: int) -> Tensor:
+    """``flat[start:stop]`` as ``(blocks, width)``: rows of BLOCK, or one row for a tail."""
+    width = BLOCK if (stop - start) % BLOCK == 0 else stop - start
+    return flat[start:stop].view(-1, width)
+
+
+def decode(fmt: str, kind: str, codes: Tensor, absmax: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """A stored moment as a new tensor of ``dtype`` (the shape of ``codes``)."""
+    if fmt == "bfloat16":
+        return codes.to(dtype)
+    flat_codes = codes.reshape(-1)
+    out = torch.empty(codes.shape, dtype=dtype, device=codes.device)
+    flat = out.view(-1)
+    for start, stop in parts(codes.numel()):
+        first, last = start // BLOCK, -(-stop // BLOCK)
+        block = _dequantize_blocks(_block_view(flat_codes, start, stop), absmax[first:last], kind, dtype)
+        flat[start:stop] = block.reshape(-1)
+    return out
+
+
+def encode_into(
+    fmt: str, kind: str, value: Tensor, codes: Tensor, absmax: Tensor | None, seeds: Sequence[int]
+) -> None:
+    """Round ``value`` into the stored ``codes`` (and ``absmax``), with one seed per part."""
+    flat_value = value.reshape(-1).to(torch.float32)
+    if fmt == "bfloat16":
+        codes.copy_(round_bf16(flat_value, uniform(flat_value, seeds[0])).view(codes.shape))
+        return
+    flat_codes = codes.view(-1)
+    for (start, stop), part_seed in zip(parts(codes.numel()), seeds, strict=False):
+        block = _block_view(flat_value, start, stop)
+        new_codes, new_absmax = _quantize_blocks(block, uniform(block, part_seed), kind)
+        flat_codes[start:stop] = new_codes.reshape(-1)
+        absmax[start // BLOCK : -(-stop // BLOCK)] = new_absmax
+
+
+def empty_state(fmt: str, kind: str, param: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Uninitialised storage for one moment of ``param`` in ``fmt``: codes, absmax (int8 only)."""
+    if fmt == "bfloat16":
+        return torch.empty(param.shape, dtype=torch.bfloat16, device=param.device), None
+    dtype = torch.int8 if kind == "signed" else torch.uint8
+    blocks = -(-param.numel() // BLOCK)
+    return (
+        torch.empty(param.shape, dtype=dtype, device=param.device),
+        torch.empty(blocks, dtype=torch.float32, device=param.device),
+    )
+
+
+def compress(
+    fmt: str, kind: str, value: Tensor, seeds: Sequence[int]
+) -> tuple[Tensor, Tensor | None]:
+    """``value`` (a full-precision moment) stored in ``fmt``: codes and absmax (int8 only)."""
+    codes, absmax = empty_state(fmt, kind, value)
+    encode_into(fmt, kind, value, codes, absmax, seeds)
+    return codes, absmax
+
+
+def stored_format(state: Mapping[str, Any], key: str) -> str | None:
+    """The format a state's moment ``key`` is stored in (``None``: full precision)."""
+    value = state.get(key)
+    if not isinstance(value, Tensor):
+        return None
+    if value.dtype in (torch.int8, torch.uint8) and absmax_key(key) in state:
+        return "int8"
+    if value.dtype == torch.bfloat16:
+        return "bfloat16"
+    return None
+
+
+class CompactStates(list):
+    """One moment's stored tensors for a list of parameters, with how to read and write them.
+
+    What the optimizer base class hands the fused kernel and the eager forms
+    instead of a plain list of state tensors: the list holds the codes
+    (bf16 tensors, or int8/uint8 codes), ``absmax`` the int8 blocks'
+    scales, ``seeds[i]`` the per-part rounding seeds of parameter ``i``.
+    """
+
+    __slots__ = ("absmax", "fmt", "kind", "seeds")
+
+    def __init__(
+        self,
+        codes: Iterable[Tensor],
+        fmt: str,
+        kind: str,
+        absmax: list[Tensor] | None,
+        seeds: list[tuple[int, ...]],
+    ) -> None:
+        super().__init__(codes)
+        self.fmt, self.kind, self.absmax, self.seeds = fmt, kind, absmax, seeds
+
+    def subset(self, indices: Sequence[int]) -> CompactStates:
+        return CompactStates(
+            [self[i] for i in indices],
+            self.fmt,
+            self.kind,
+            None if self.absmax is None else [self.absmax[i] for i in indices],
+            [self.seeds[i] for i in indices],
+        )
+
+    def decoded(self, index: int, dtype: torch.dtype) -> Tensor:
+        absmax = None if self.absmax is None else self.absmax[index]
+        return decode(self.fmt, self.kind, self[index], absmax, dtype)
+
+    def store(self, index: int, value: Tensor) -> None:
+        absmax = None if self.absmax is None else self.absmax[index]
+        encode_into(self.fmt, self.kind, value, self[index], absmax, self.seeds[index])
+
+
+def part_seeds(fmt: str, numel: int, position: int, step: int, slot: int) -> tuple[int, ...]:
+    """The seeds of a moment's parts (one for bf16; one per int8 part)."""
+    count = 1 if fmt == "bfloat16" else max(len(parts(numel)), 1)
+    return tuple(seed(position, step, slot, part) for part in range(count))
+
+
+# --------------------------------------------------------------------------
+# Inside a fused kernel: one part of one moment (1-D for bf16; rows of blocks for int8).
+# --------------------------------------------------------------------------
+
+
+def kernel_decode(
+    fmt: str, kind: str, codes: Tensor, absmax: Tensor | None, dtype: torch.dtype
+) -> Tensor:
+    """A moment's stored part as ``dtype`` (int8: ``codes`` is ``(blocks, width)``)."""
+    if fmt == "bfloat16":
+        return codes.to(dtype)
+    return _dequantize_blocks(codes, absmax, kind, dtype)
+
+
+def kernel_store(
+    fmt: str, kind: str, value: Tensor, codes: Tensor, absmax: Tensor | None, seed_value: Tensor
+) -> None:
+    """Round the new ``value`` of a moment's part into its storage (see :func:`kernel_decode`)."""
+    value = value.to(torch.float32)
+    u = uniform(value, seed_value)
+    if fmt == "bfloat16":
+        codes.copy_(round_bf16(value, u))
+        return
+    new_codes, new_absmax = _quantize_blocks(value, u, kind)
+    codes.copy_(new_codes)
+    absmax.copy_(new_absmax)
+
+
+def run_rule(
+    rule: Any,
+    arguments: list[Tensor | None],
+    tensors: Sequence[Sequence[Tensor] | None],
+    index: int,
+    scalars: Any,
+    flags: Mapping[str, Any],
+) -> None:
+    """``rule`` eagerly on parameter ``index``, its compact moments decoded and rounded back."""
+    dtype = arguments[0].dtype
+    compact = [(j, lists) for j, lists in enumerate(tensors) if isinstance(lists, CompactStates)]
+    for j, lists in compact:
+        arguments[j] = lists.decoded(index, dtype)
+    rule(*arguments, scalars, **flags)
+    for j, lists in compact:
+        lists.store(index, arguments[j])
