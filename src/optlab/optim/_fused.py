@@ -479,6 +479,10 @@ class Layout(tuple):
         return f"{self.part}_{codes}"
 
 
+#: The layout of kernels over plain tensors.
+PLAIN = Layout()
+
+
 class _Kernel:
     """One compiled rule for one signature, over a bucket of ``arity`` tensor sets.
 
@@ -497,7 +501,7 @@ class _Kernel:
         dtype: torch.dtype,
         arity: int,
         scaled: bool = False,
-        layout: Layout = Layout(),
+        layout: Layout = PLAIN,
     ) -> None:
         self.rule = rule
         self.scaled = scaled  # takes grad_scale and found_inf after the tensor sets
@@ -807,7 +811,7 @@ def _kernel(
     dtype: torch.dtype,
     num_scalars: int,
     scaled: bool = False,
-    layout: Layout = Layout(),
+    layout: Layout = PLAIN,
 ) -> _Kernel:
     global _compiles
     # Flags in the caller's order: each rule has one call site.
