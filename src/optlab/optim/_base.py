@@ -248,7 +248,7 @@ DOC_FRAGMENTS = {
     ),
     "{state}": (
         "state_dtype: how the moments are stored between steps: ``None`` full precision\n"
-        "    (default), ``torch.bfloat16`` with stochastic rounding, or ``\"int8\"`` in\n"
+        '    (default), ``torch.bfloat16`` with stochastic rounding, or ``"int8"`` in\n'
         "    blocks of 256 with a scale each (:mod:`optlab.optim._lowp`)."
     ),
     "{torch_off}": (
@@ -495,9 +495,11 @@ class OptlabOptimizer(Optimizer):
                 continue
             for key in self.moment_kinds:
                 if key in state and self._stored_as(param, state, key, fmt) != fmt:
-                    index = next(
-                        i for i, g in enumerate(self.param_groups) if g is group
-                    ) if any(g is group for g in self.param_groups) else "?"
+                    index = (
+                        next(i for i, g in enumerate(self.param_groups) if g is group)
+                        if any(g is group for g in self.param_groups)
+                        else "?"
+                    )
                     raise ValueError(
                         f"param group {index} has state_dtype={group.get('state_dtype')!r} but "
                         f"its state {key!r} is stored as "
@@ -540,7 +542,9 @@ class OptlabOptimizer(Optimizer):
             absmax = [state[_lowp.absmax_key(key)] for state in states]
         return _lowp.CompactStates([state[key] for state in states], fmt, kind, absmax, seeds)
 
-    def _compress_state(self, param: Tensor, state: dict[str, Any], group: Mapping[str, Any]) -> None:
+    def _compress_state(
+        self, param: Tensor, state: dict[str, Any], group: Mapping[str, Any]
+    ) -> None:
         """Store ``state``'s full-precision moments in the group's compact format (new state)."""
         fmt = self._state_format(group)
         if fmt is None:
@@ -1014,6 +1018,16 @@ class OptlabOptimizer(Optimizer):
                     self.state[param][key] = value.to(device=param.device)
                 elif self._state_dtype(param) != param.dtype:
                     self.state[param][key] = value.to(device=param.device, dtype=torch.float32)
+
+    def decoded_state(self, param: Tensor, key: str) -> Tensor:
+        """``self.state[param][key]`` in full precision: decoded where ``state_dtype`` keeps it
+        compactly (float32), the tensor itself otherwise. For reading (diagnostics, tests)."""
+        state = self.state[param]
+        fmt = _lowp.stored_format(state, key) if key in self.moment_kinds else None
+        if fmt is None:
+            return state[key]
+        absmax = state.get(_lowp.absmax_key(key))
+        return _lowp.decode(fmt, self.moment_kinds[key], state[key], absmax, torch.float32)
 
     def set_state_dtype(self, state_dtype: Any, groups: Iterable[int] | None = None) -> None:
         """Store the moments of ``groups`` (indices; default all) in ``state_dtype`` from now on.

@@ -285,7 +285,15 @@ class BeliefEps(OptlabOptimizer):
     """
 
     state_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "exp_avg_var", "max_exp_avg_var")
-    moment_kinds = MappingProxyType({"exp_avg": "signed", "exp_avg_sq": "nonnegative", "max_exp_avg_sq": "nonnegative", "exp_avg_var": "nonnegative", "max_exp_avg_var": "nonnegative"})
+    moment_kinds = MappingProxyType(
+        {
+            "exp_avg": "signed",
+            "exp_avg_sq": "nonnegative",
+            "max_exp_avg_sq": "nonnegative",
+            "exp_avg_var": "nonnegative",
+            "max_exp_avg_var": "nonnegative",
+        }
+    )
     fp32_for_low_precision = True
     rule = staticmethod(_belief_eps_rule)
     forms = {"loop": _belief_eps_loop, "foreach": _belief_eps_foreach}
@@ -405,7 +413,7 @@ class BeliefEps(OptlabOptimizer):
                 if steps < 1:
                     continue
                 bc1, bc2 = 1 - beta1**steps, 1 - beta2**steps
-                v = state[maximum if group["amsgrad"] else second]
+                v = self.decoded_state(param, maximum if group["amsgrad"] else second)
                 v = torch.view_as_real(v) if v.is_complex() else v
                 v = v.detach().double().flatten()
                 if group["eps_mode"] == "outside":
