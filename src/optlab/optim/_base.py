@@ -532,8 +532,7 @@ class OptlabOptimizer(Optimizer):
         positions, slot = self._positions(), keys.index(key)
         seeds = [
             _lowp.part_seeds(
-                fmt, param.numel(), positions[param], int(state["step"]) if "step" in state
-                else 0, slot,
+                fmt, param.numel(), positions[param], self._rounding_step(group, state), slot
             )
             for param, state in zip(params, states, strict=True)
         ]  # fmt: skip
@@ -541,6 +540,13 @@ class OptlabOptimizer(Optimizer):
         if fmt == "int8":
             absmax = [state[_lowp.absmax_key(key)] for state in states]
         return _lowp.CompactStates([state[key] for state in states], fmt, kind, absmax, seeds)
+
+    def _rounding_step(self, group: Mapping[str, Any], state: Mapping[str, Any]) -> int:
+        """The step count a parameter's rounding seeds use: its ``step``, or for an
+        optimizer that keeps none (Lion, Schedule-Free) the group's ``rounding_step``."""
+        if "step" in state:
+            return int(state["step"])
+        return int(group.get("rounding_step", 0))
 
     def _compress_state(
         self, param: Tensor, state: dict[str, Any], group: Mapping[str, Any]
@@ -844,6 +850,9 @@ class OptlabOptimizer(Optimizer):
             params, grads, states = self._collect(group, group_index)
             if not params:
                 continue
+            if not self.counts_steps and self._state_format(group) is not None:
+                # The rounding seeds need a step count: this group's own (checkpointed).
+                group["rounding_step"] = group.get("rounding_step", 0) + 1
             # Per-tensor work only where some tensor needs it (~0.2 ms a step for 500).
             dtypes = set(map(_dtype_of, params))
             low_precision = []
@@ -1059,7 +1068,7 @@ class OptlabOptimizer(Optimizer):
                 state = self.state.get(param)
                 if state:
                     converted[param] = self._converted_state(
-                        param, state, fmt, positions[param], keys
+                        param, state, fmt, positions[param], keys, self._rounding_step(group, state)
                     )
         for param, state in converted.items():
             self.state[param] = state
@@ -1068,10 +1077,9 @@ class OptlabOptimizer(Optimizer):
 
     def _converted_state(
         self, param: Tensor, state: dict[str, Any], fmt: str | None, position: int,
-        keys: Sequence[str],
+        keys: Sequence[str], step: int,
     ) -> dict[str, Any]:  # fmt: skip
         new = dict(state)
-        step = int(state["step"]) if "step" in state else 0
         for key, kind in self.moment_kinds.items():
             if not isinstance(state.get(key), Tensor):
                 continue
