@@ -50,7 +50,8 @@ Random bits are reproducible: element ``i`` (its flat index within its
 0xFFFF) / 65536``, ``hash32`` being the "lowbias32" integer hash
 (:func:`hash32`), and ``s`` is :func:`seed` of the parameter's position in
 the optimizer (over all groups, in order), its step count (after this step's
-increment), the moment's slot (its index in the rule's state keys) and the
+increment; for an optimizer that keeps none, Lion and Schedule-Free, its
+group's ``rounding_step``, counted per step and saved with the group), the moment's slot (its index in the rule's state keys) and the
 part (0; for int8 the parts of the flattened moment are its full blocks
 and a shorter last block, numbered in that order from 0 among those present,
 and the indices restart at 0 in each). So a run resumed from a
