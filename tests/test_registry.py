@@ -87,8 +87,11 @@ def test_classic_entries_use_their_class_and_torch_defaults_plus_overrides(name)
         if parameter.default is not inspect.Parameter.empty
         and key not in ("capturable", "differentiable")
     }
-    # optlab adds fused=None (reserved) where torch.optim has no fused path.
+    # optlab adds fused=None (reserved) where torch.optim has no fused path, and
+    # state_dtype=None (full precision) to every optimizer with moments to compact.
     torch_defaults.setdefault("fused", None)
+    if spec.cls.moment_kinds:
+        torch_defaults["state_dtype"] = None
     assert spec.defaults() == {**torch_defaults, **overrides}
     assert spec.paper and spec.defaults_source and spec.description
 

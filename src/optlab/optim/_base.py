@@ -332,6 +332,10 @@ class OptlabOptimizer(Optimizer):
         defaults.setdefault("maximize", False)
         defaults.setdefault("foreach", None)
         defaults.setdefault("fused", None)
+        if "state_dtype" in defaults and defaults["state_dtype"] is None:
+            # Absent means full precision: fresh groups hold torch.optim's keys, and a
+            # torch.optim checkpoint loaded and saved again is unchanged.
+            del defaults["state_dtype"]
         self._check_all(defaults, where="")
         super().__init__(params, defaults)
         self._warned_fused_fallback = False
@@ -457,7 +461,8 @@ class OptlabOptimizer(Optimizer):
         one-element tensor and state costs ~45 us a step right after a large
         step has flushed the caches, comparing the options ~3 us.
         """
-        options = tuple(map(group.get, self.defaults))
+        # state_dtype too where it is not among the defaults (absent means None).
+        options = (*map(group.get, self.defaults), group.get("state_dtype"))
         memo = self.__dict__.setdefault("_state_keys_memo", {})
         known = memo.get(id(group))
         if known is None or known[0] != options:
@@ -1121,7 +1126,8 @@ class OptlabOptimizer(Optimizer):
                     f"checkpoint param group {index} has {len(saved['params'])} parameters, "
                     f"this {name}'s has {len(group['params'])}"
                 )
-            foreign = sorted((set(saved) & _other_optimizers_hparams()) - set(self.defaults))
+            takes = set(self.defaults) | ({"state_dtype"} if self.moment_kinds else set())
+            foreign = sorted((set(saved) & _other_optimizers_hparams()) - takes)
             if foreign:
                 raise ValueError(
                     f"checkpoint param group {index} has {foreign}, options {name} does not "
