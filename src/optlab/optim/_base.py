@@ -500,18 +500,13 @@ class OptlabOptimizer(Optimizer):
                 continue
             for key in self.moment_kinds:
                 if key in state and self._stored_as(param, state, key, fmt) != fmt:
-                    index = (
-                        next(i for i, g in enumerate(self.param_groups) if g is group)
-                        if any(g is group for g in self.param_groups)
-                        else "?"
-                    )
+                    index = next((i for i, g in enumerate(self.param_groups) if g is group), "?")
+                    stored = self._stored_as(param, state, key, fmt) or "full precision"
+                    wanted = group.get("state_dtype")
                     raise ValueError(
-                        f"param group {index} has state_dtype={group.get('state_dtype')!r} but "
-                        f"its state {key!r} is stored as "
-                        f"{self._stored_as(param, state, key, fmt) or 'full precision'}; convert "
-                        "it with "
-                        f"optimizer.set_state_dtype({group.get('state_dtype')!r}) instead of "
-                        "setting the option"
+                        f"param group {index} has state_dtype={wanted!r} but its state {key!r} "
+                        f"is stored as {stored}; convert it with "
+                        f"optimizer.set_state_dtype({wanted!r}) instead of setting the option"
                     )
 
     def _positions(self) -> dict[Tensor, int]:
