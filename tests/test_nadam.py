@@ -311,7 +311,7 @@ def test_a_failed_compile_changes_nothing_and_the_fallback_advances_mu_product_o
 def test_takes_torchs_arguments_in_torchs_positions_with_torchs_defaults():
     ours = inspect.signature(NAdam.__init__).parameters
     theirs = inspect.signature(torch.optim.NAdam.__init__).parameters
-    assert list(ours) == [*theirs, "fused"]
+    assert list(ours) == [*theirs, "fused", "state_dtype"]
     for name, parameter in theirs.items():
         assert ours[name].kind == parameter.kind and ours[name].default == parameter.default, name
     param = torch.zeros(2, requires_grad=True)

@@ -181,7 +181,7 @@ def test_checkpoints_move_between_torch_and_optlab():
 def test_takes_torchs_arguments_in_torchs_positions_with_torchs_defaults():
     ours = inspect.signature(RAdam.__init__).parameters
     theirs = inspect.signature(torch.optim.RAdam.__init__).parameters
-    assert list(ours) == [*theirs, "fused"]
+    assert list(ours) == [*theirs, "fused", "state_dtype"]
     for name, parameter in theirs.items():
         assert ours[name].kind == parameter.kind and ours[name].default == parameter.default, name
     param = torch.zeros(2, requires_grad=True)
