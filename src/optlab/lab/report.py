@@ -219,6 +219,13 @@ def write_report(root: str | os.PathLike[str]) -> Report:
             f"- {sentence}" for result in factorial for sentence in verdicts(result)
         )
         sections.append(_factorial_section(factorial, format_factorial))
+    from optlab.lab.precision import precision_report
+
+    compact = precision_report(outcome.study.arms, rows_by_task, report.root)
+    if compact is not None:  # arms with compact optimizer state and their baselines
+        report.tables["compact state"] = compact.text
+        report.files.append(compact.csv)
+        sections.append(compact.markdown)
     used = {r.spec.key() for o in outcome.arm_outcomes() for r in (*o.runs, *o.tuning)}
     markdown = _markdown(report, study, study_data, sections, len(store), len(used))
     atomic_write_text(report.report_path, markdown)
