@@ -2,15 +2,23 @@
 
 For every optlab optimizer and implementation, and in the same run
 torch.optim's loop/foreach/fused (where torch has the optimizer) and the
-reference packages (adabelief-pytorch, torch-optimizer, pytorch_optimizer),
-this measures on the same tensors:
+reference packages (adabelief-pytorch, torch-optimizer, pytorch_optimizer;
+heavyball's compiled AdamW for Adam and AdamW, fp32 and bf16 state;
+bitsandbytes' 8-bit Adam, AdamW and Lion for int8 state), in each state
+dtype of ``--state-dtypes`` (``none``: full precision, the default;
+``bfloat16``; ``int8``: optlab's ``state_dtype`` option, for the optimizers
+that take it), this measures on the same tensors:
 
 - the median step time over ``--repeats`` steps, shared among ``--rounds``
   rounds over all rows of a regime, each building every row's optimizer on
   fresh copies of the tensors (after the round's first step and two warm-up
   steps), parameters per second and
-  effective GB/s: the bytes a step must read and write (the byte model
-  below) divided by the time;
+  effective GB/s: the bytes a step must read and write divided by the time:
+  the gradient read (4 per parameter), the parameter read and written (8),
+  and the state read and written at its real size, measured off the row's
+  optimizer after its warm-up steps (:func:`state_nbytes`: every state
+  tensor but ``step``, int8 codes and their block scales included; 8 per
+  parameter for Adam in fp32, 4 in bf16, 2.03 in int8);
 - the ratio to ``torch.optim.Adam(fused=True)`` (time, and GB/s), stepped
   after each timed step on its own fresh copies, rebuilt each round;
 - the peak extra memory of one step (CPU: PyTorch's memory profiler; CUDA:
@@ -22,7 +30,8 @@ this measures on the same tensors:
   directory) and again with that cache filled (warm).
 
 Two regimes: "large" (16M parameters in 64 tensors) and "small" (500
-tensors of 4096). ``--scale`` multiplies the tensor sizes (use it on a GPU so
+tensors of 4096); a third, "tiny" (8 tensors of 4096), only when asked for,
+is for smoke tests. ``--scale`` multiplies the tensor sizes (use it on a GPU so
 a step moves several GB). The tables go to ``--output`` (docs/benchmarks.md)
 with the machine they were measured on.
 
@@ -31,6 +40,7 @@ Usage::
     python benchmarks/step_speed.py                      # everything, CPU
     python benchmarks/step_speed.py --quick              # adam + adabelief, few repeats
     python benchmarks/step_speed.py --optimizers adabelief yogi --regimes small
+    python benchmarks/step_speed.py --optimizers adam lion --state-dtypes none bfloat16 int8
     optlab speed --help                                  # the same, from the CLI
 """
 
@@ -59,7 +69,15 @@ from typing import Any
 
 from optlab.optim.registry import list_optimizers
 
-REGIMES = {"large": (64, 262_144), "small": (500, 4096)}
+REGIMES = {"large": (64, 262_144), "small": (500, 4096), "tiny": (8, 4096)}
+#: What ``--regimes`` measures unless told ("tiny" is for smoke tests).
+DEFAULT_REGIMES = ("large", "small")
+#: ``--state-dtypes`` values: optlab's ``state_dtype`` option (``none``: full precision).
+STATE_DTYPES = {"none": None, "bfloat16": "bfloat16", "int8": "int8"}
+#: How the tables name a row's state.
+STATE_LABELS = {"none": "fp32", "bfloat16": "bf16", "int8": "int8"}
+#: Bytes torch.optim.Adam(fused=True), the yardstick, moves per parameter (g; p, m, v read and written).
+YARDSTICK_BYTES = 28
 #: What is measured by default: optlab's own optimizers of the default study.
 OPTLAB_NAMES = tuple(list_optimizers("core", builtin_only=True))
 #: What may be measured: every optimizer in the registry (a user's registered ones too).
@@ -89,6 +107,57 @@ def step_bytes_per_param(name: str) -> int:
     return 4 + 8 + 8 * len(state)
 
 
+def state_nbytes(optimizer: Any) -> int:
+    """Bytes of the state ``optimizer`` keeps: every tensor in ``optimizer.state``, at any
+    depth of nesting (heavyball keeps a dict per parameter and transform), except those
+    under the key ``step``; a tensor found twice (bitsandbytes shares its quantization
+    maps among parameters) counts once."""
+    import torch
+
+    seen: set[tuple[str, int, int]] = set()
+    total = 0
+
+    def walk(value: Any) -> None:
+        nonlocal total
+        if torch.is_tensor(value):
+            identity = (str(value.device), value.data_ptr(), value.nbytes)
+            if identity not in seen:
+                seen.add(identity)
+                total += value.nbytes
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if key != "step":
+                    walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+
+    for per_param in optimizer.state.values():
+        walk(per_param)
+    return total
+
+
+class Regrad:
+    """An optimizer that consumes the gradients (heavyball sets ``p.grad = None`` in its
+    step), with :meth:`prepare` to give them back before each step, outside the timed
+    region: the same gradient tensors each time, as every other row steps on."""
+
+    def __init__(self, optimizer: Any, params: list) -> None:
+        self.optimizer = optimizer
+        self.grads = [(param, param.grad) for param in params]
+
+    @property
+    def state(self) -> Any:
+        return self.optimizer.state
+
+    def prepare(self) -> None:
+        for param, grad in self.grads:
+            param.grad = grad
+
+    def step(self) -> Any:
+        return self.optimizer.step()
+
+
 #: torch.optim counterparts: class name and keyword arguments.
 TORCH_EQUIVALENT = {
     "sgd": ("SGD", {"lr": 1e-3}),
@@ -103,35 +172,124 @@ TORCH_EQUIVALENT = {
 }
 
 
-def _reference_factories() -> dict[str, list[tuple[str, Callable[[list], Any]]]]:
-    """Reference implementations outside torch.optim, per optlab name (those installed)."""
-    references: dict[str, list[tuple[str, Callable[[list], Any]]]] = {"adabelief": [], "yogi": []}
+@dataclass
+class Reference:
+    """An implementation outside optlab and torch.optim, for one optlab name and state dtype."""
+
+    label: str
+    state: str  # a key of STATE_DTYPES: the state it keeps
+    factory: Callable[[list], Any]
+
+
+def _quietly_import(module: str) -> Any:
+    """Import ``module`` with what it prints on import (bitsandbytes' backend notices) held back."""
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore")
+        return importlib.import_module(module)
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "?"
+
+
+def _reference_factories(
+    state_dtypes: tuple[str, ...] = ("none",),
+) -> tuple[dict[str, list[Reference]], list[str]]:
+    """Reference implementations outside torch.optim, per optlab name (those installed and
+    keeping one of ``state_dtypes``), and a note for each package that could not be used."""
+    references: dict[str, list[Reference]] = {}
+    notes: list[str] = []
+
+    def add(name: str, label: str, state: str, factory: Callable[[list], Any]) -> None:
+        if state in state_dtypes:
+            references.setdefault(name, []).append(Reference(label, state, factory))
+
+    def missing(package: str, error: Exception, rows: str) -> None:
+        notes.append(f"{package}: not used ({type(error).__name__}: {error}); {rows} skipped")
+
     try:
         import adabelief_pytorch
 
-        references["adabelief"].append(
-            (
-                "adabelief-pytorch 0.2.1",
-                lambda ps: adabelief_pytorch.AdaBelief(ps, print_change_log=False),
-            )
+        add(
+            "adabelief",
+            "adabelief-pytorch 0.2.1",
+            "none",
+            lambda ps: adabelief_pytorch.AdaBelief(ps, print_change_log=False),
         )
     except ImportError:
         pass
     try:
         import torch_optimizer
 
-        references["adabelief"].append(("torch-optimizer AdaBelief", torch_optimizer.AdaBelief))
-        references["yogi"].append(("torch-optimizer Yogi", torch_optimizer.Yogi))
+        add("adabelief", "torch-optimizer AdaBelief", "none", torch_optimizer.AdaBelief)
+        add("yogi", "torch-optimizer Yogi", "none", torch_optimizer.Yogi)
     except ImportError:
         pass
     try:
         import pytorch_optimizer
 
-        references["adabelief"].append(("pytorch_optimizer AdaBelief", pytorch_optimizer.AdaBelief))
-        references["yogi"].append(("pytorch_optimizer Yogi", pytorch_optimizer.Yogi))
+        add("adabelief", "pytorch_optimizer AdaBelief", "none", pytorch_optimizer.AdaBelief)
+        add("yogi", "pytorch_optimizer Yogi", "none", pytorch_optimizer.Yogi)
     except ImportError:
         pass
-    return references
+    # heavyball: a compile-first library; its AdamW steps every tensor in a few
+    # torch.compile'd multi-tensor functions (Adam is its AdamW without decay).
+    # storage_dtype="bfloat16" keeps its moments in bf16 with stochastic rounding.
+    # Its step sets p.grad = None: Regrad gives the gradients back between steps.
+    if "none" in state_dtypes or "bfloat16" in state_dtypes:
+        try:
+            heavyball = _quietly_import("heavyball")
+            heavyball_adamw = heavyball.AdamW
+        except Exception as error:  # not installed, or does not import here
+            missing("heavyball", error, "its AdamW rows (fp32 and bf16 state)")
+        else:
+
+            def heavyball_factory(weight_decay: float, storage: str) -> Callable[[list], Any]:
+                def build(params: list) -> Regrad:
+                    optimizer = heavyball_adamw(
+                        params,
+                        lr=1e-3,
+                        betas=(0.9, 0.999),
+                        eps=1e-8,
+                        weight_decay=weight_decay,
+                        storage_dtype=storage,
+                    )
+                    return Regrad(optimizer, params)
+
+                return build
+
+            label = f"heavyball {_version('heavyball')} AdamW"
+            for name, decay in (("adam", 0.0), ("adamw", 1e-2)):
+                add(name, label, "none", heavyball_factory(decay, "float32"))
+                add(name, label, "bfloat16", heavyball_factory(decay, "bfloat16"))
+    # bitsandbytes: 8-bit blockwise state (blocks of 256, a float32 absmax each, a
+    # dynamic quantization map). On CPU its wheel runs the update as eager torch
+    # ops (dequantize, update, quantize) rather than its CUDA kernel.
+    if "int8" in state_dtypes:
+        try:
+            bitsandbytes = _quietly_import("bitsandbytes.optim")
+            eight_bit = {
+                "adam": bitsandbytes.Adam8bit,
+                "adamw": bitsandbytes.AdamW8bit,
+                "lion": bitsandbytes.Lion8bit,
+            }
+        except Exception as error:  # not installed, or does not import here
+            missing("bitsandbytes", error, "its 8-bit Adam, AdamW and Lion rows")
+        else:
+            version = _version("bitsandbytes")
+            for name, optimizer_class in eight_bit.items():
+                label = f"bitsandbytes {version} {optimizer_class.__name__}"
+                add(name, label, "int8", optimizer_class)
+    return references, notes
 
 
 # --------------------------------------------------------------------------
@@ -145,12 +303,16 @@ class Row:
     name: str  # optlab registry name the row belongs to
     implementation: str  # "optlab", "torch.optim" or a reference package
     path: str  # loop / foreach / fused / default
+    state: str = "none"  # a key of STATE_DTYPES: the state dtype the row keeps
     median_ms: float = float("nan")
     first_step_s: float = float("nan")
     compiles: int = 0
     peak_extra_mb: float = float("nan")
     numel: int = 0
-    bytes_per_param: int = 28
+    #: bytes a step moves per parameter: the byte model until measured, then 12 + 2 x state
+    bytes_per_param: float = YARDSTICK_BYTES
+    #: bytes of state per parameter, off the row's optimizer after its warm-up steps
+    state_bytes_per_param: float = float("nan")
     note: str = ""
     times_ms: list[float] = field(default_factory=list)
     #: torch's fused Adam on the same tensors, one step after each of this row's steps
@@ -165,7 +327,7 @@ class Row:
 
     @property
     def gbps_ratio(self) -> float:
-        return (self.bytes_per_param / 28) / self.time_ratio
+        return (self.bytes_per_param / YARDSTICK_BYTES) / self.time_ratio
 
     @property
     def gbps(self) -> float:
@@ -275,6 +437,9 @@ class Bench:
                 warnings.simplefilter("ignore")
                 params = self.fresh_params(row.regime)
                 optimizer = factory(params)
+                # Gives back the gradients an optimizer consumed (heavyball), untimed.
+                prepare = getattr(optimizer, "prepare", lambda: None)
+                prepare()
                 self.sync()
                 start = time.perf_counter()
                 optimizer.step()
@@ -282,14 +447,21 @@ class Bench:
                 if round_index == 0:
                     row.first_step_s = time.perf_counter() - start
                 for _ in range(2):
+                    prepare()
                     optimizer.step()
+                if round_index == 0:
+                    state = state_nbytes(optimizer) / row.numel
+                    row.state_bytes_per_param = state
+                    row.bytes_per_param = 4 + 8 + 2 * state  # g; p and the state, both ways
                 # Each step of this row, then one of torch's fused Adam: the two
                 # medians see the same machine load, whatever it does meanwhile.
                 yardstick = self.yardstick(row.regime)
                 for _ in range(steps):
+                    prepare()
                     row.times_ms.append(self.time_ms(optimizer.step))
                     row.yardstick_times_ms.append(self.time_ms(yardstick.step))
                 if self.memory and round_index == self.rounds - 1:
+                    prepare()
                     row.peak_extra_mb = self.peak_extra_bytes(optimizer.step) / 1e6
         except Exception as error:  # a reference that cannot run here: say so, go on
             row.failed = True
@@ -366,8 +538,10 @@ TORCH_PATHS = {
 }
 
 
-def default_paths(bench: Bench, name: str, regime: str) -> tuple[str, str | None]:
-    """Which implementation optlab's and torch's defaults pick for this regime."""
+def default_paths(
+    bench: Bench, name: str, regime: str, state: str = "none"
+) -> tuple[str, str | None]:
+    """Which implementation optlab's (with this state dtype) and torch's defaults pick here."""
     import torch
     from torch.optim.optimizer import _default_to_fused_or_foreach
 
@@ -375,7 +549,7 @@ def default_paths(bench: Bench, name: str, regime: str) -> tuple[str, str | None
 
     values, _ = bench.tensors(regime)
     params = [torch.nn.Parameter(v) for v in values]
-    optimizer = create_optimizer(params, name)
+    optimizer = create_optimizer(params, name, **state_flags(state))
     ours = optimizer._implementation(optimizer.param_groups[0], params)
     theirs = None
     if name in TORCH_EQUIVALENT:
@@ -384,10 +558,31 @@ def default_paths(bench: Bench, name: str, regime: str) -> tuple[str, str | None
     return ours, theirs
 
 
+def state_flags(state: str) -> dict[str, Any]:
+    """optlab's keyword for a ``--state-dtypes`` value: none for full precision, the default."""
+    return {} if STATE_DTYPES[state] is None else {"state_dtype": STATE_DTYPES[state]}
+
+
+def takes_state_dtype(name: str) -> bool:
+    from optlab.optim.registry import get_spec
+
+    return "state_dtype" in get_spec(name).hparam_names()
+
+
 def run_regime(
-    bench: Bench, regime: str, names: list[str], log: Callable[[str], None]
+    bench: Bench,
+    regime: str,
+    names: list[str],
+    log: Callable[[str], None],
+    state_dtypes: tuple[str, ...] = ("none",),
+    paths: tuple[str, ...] = tuple(OPTLAB_PATHS),
+    references: dict[str, list[Reference]] | None = None,
 ) -> list[Row]:
-    references = _reference_factories()
+    """Plan and measure the rows of one regime: per optimizer and state dtype, optlab's
+    ``paths``, then (full precision only) torch.optim's, then the references keeping that
+    state; torch's fused Adam in fp32, the yardstick, first."""
+    if references is None:
+        references = _reference_factories(state_dtypes)[0]
     rows: list[Row] = []
     planned: list[tuple[Row, Callable[[list], Any]]] = []
 
@@ -396,38 +591,49 @@ def run_regime(
         planned.append((row, factory))
 
     # The yardstick first: torch's fused Adam on the same tensors.
-    yardstick = Row(regime, "adam", "torch.optim", "fused", bytes_per_param=28)
+    yardstick = Row(regime, "adam", "torch.optim", "fused", bytes_per_param=YARDSTICK_BYTES)
     add(yardstick, torch_factory("adam", {"fused": True}))
     for name in names:
-        ours_default, torch_default = default_paths(bench, name, regime)
-        moved = step_bytes_per_param(name)  # torch's and the references' keep the same state
-        for path, flags in OPTLAB_PATHS.items():
-            row = Row(regime, name, "optlab", path, bytes_per_param=moved)
-            if path == ours_default:
-                row.note = "default"
-            add(row, optlab_factory(name, flags))
-        if name in TORCH_EQUIVALENT:
-            for path, flags in TORCH_PATHS.items():
-                if name == "adam" and path == "fused":
-                    continue  # measured first, as the yardstick
-                torch_class = getattr(
-                    importlib.import_module("torch.optim"), TORCH_EQUIVALENT[name][0]
-                )
-                if "fused" in flags and "fused" not in inspect.signature(torch_class).parameters:
-                    continue  # torch has no fused Adadelta / RMSprop
-                row = Row(regime, name, "torch.optim", path, bytes_per_param=moved)
-                add(row, torch_factory(name, flags))
-                if path == torch_default and not row.note:
+        moved = step_bytes_per_param(name)  # the fp32 byte model, until the state is measured
+        for state in state_dtypes:
+            if state != "none" and not takes_state_dtype(name):
+                continue  # no state_dtype option: its state is full precision only
+            ours_default, torch_default = default_paths(bench, name, regime, state)
+            for path, flags in OPTLAB_PATHS.items():
+                if path not in paths:
+                    continue
+                row = Row(regime, name, "optlab", path, state=state, bytes_per_param=moved)
+                if path == ours_default:
                     row.note = "default"
-            if name == "adam" and torch_default == "fused" and not rows[0].note:
-                rows[0].note = "default"
-        for label, factory in references.get(name, []):
-            add(Row(regime, name, label, "default", bytes_per_param=moved), factory)
-            rows[-1].note = "default"
+                add(row, optlab_factory(name, {**flags, **state_flags(state)}))
+            if name in TORCH_EQUIVALENT and state == "none":
+                for path, flags in TORCH_PATHS.items():
+                    if (name == "adam" and path == "fused") or path not in paths:
+                        continue  # adam fused: measured first, as the yardstick
+                    torch_class = getattr(
+                        importlib.import_module("torch.optim"), TORCH_EQUIVALENT[name][0]
+                    )
+                    takes_fused = "fused" in inspect.signature(torch_class).parameters
+                    if "fused" in flags and not takes_fused:
+                        continue  # torch has no fused Adadelta / RMSprop
+                    row = Row(regime, name, "torch.optim", path, bytes_per_param=moved)
+                    add(row, torch_factory(name, flags))
+                    if path == torch_default and not row.note:
+                        row.note = "default"
+                if name == "adam" and torch_default == "fused" and not rows[0].note:
+                    rows[0].note = "default"
+            for reference in references.get(name, []):
+                if reference.state == state:
+                    row = Row(regime, name, reference.label, "default", state=state)
+                    row.bytes_per_param, row.note = moved, "default"
+                    add(row, reference.factory)
     bench.measure_all(planned, log)
     for row in rows:
         shown = f"{row.median_ms:9.2f} ms" if row.times_ms else f"skipped ({row.note})"
-        log(f"  {regime:<6} {row.name:<10} {row.implementation:<28} {row.path:<8} {shown}")
+        log(
+            f"  {regime:<6} {row.name:<10} {row.implementation:<30} {row.path:<8} "
+            f"{STATE_LABELS[row.state]:<5} {shown}"
+        )
     return rows
 
 
@@ -530,20 +736,24 @@ def _fmt(value: float, digits: int = 2) -> str:
 def regime_table(rows: list[Row]) -> list[str]:
     count = rows[0].numel
     lines = [
-        "| optimizer | implementation | path | median ms | Mparams/s | GB/s | GB/s vs torch fused Adam "
-        "| time vs torch fused Adam | first step s | compiles | peak extra MB (x model) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| optimizer | implementation | path | state | state B/param | median ms | Mparams/s "
+        "| GB/s | GB/s vs torch fused Adam | time vs torch fused Adam | first step s | compiles "
+        "| peak extra MB (x model) |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
+        state = STATE_LABELS[row.state]
         if row.note and not row.times_ms:
             lines.append(
-                f"| {row.name} | {row.implementation} | {row.path} | {row.note} | | | | | | | |"
+                f"| {row.name} | {row.implementation} | {row.path} | {state} | n/a | {row.note} "
+                "| | | | | | | |"
             )
             continue
         path = row.path + (" (default)" if row.note == "default" and row.path != "default" else "")
         model_mb = count * 4 / 1e6
         lines.append(
-            f"| {row.name} | {row.implementation} | {path} | {row.median_ms:.2f} "
+            f"| {row.name} | {row.implementation} | {path} | {state} "
+            f"| {_fmt(row.state_bytes_per_param)} | {row.median_ms:.2f} "
             f"| {row.params_per_s / 1e6:.0f} | {row.gbps:.1f} "
             f"| {100 * row.gbps_ratio:.0f} % "
             f"| {row.time_ratio:.2f} x "
@@ -553,9 +763,48 @@ def regime_table(rows: list[Row]) -> list[str]:
     return lines
 
 
+def state_comparisons(all_rows: dict[str, list[Row]]) -> list[str]:
+    """Each compact-state row against the same optimizer's full-precision row (same path)
+    and against the references keeping the same state, from their ratios to the yardstick."""
+    lines = []
+    for regime, rows in all_rows.items():
+        measured = [row for row in rows if row.times_ms]
+        full = {
+            (row.name, row.path): row
+            for row in measured
+            if row.implementation == "optlab" and row.state == "none"
+        }
+        for row in measured:
+            if row.implementation != "optlab" or row.state == "none":
+                continue
+            label = f"- {regime}: {row.name} {row.path} {STATE_LABELS[row.state]}"
+            parts = []
+            baseline = full.get((row.name, row.path))
+            if baseline:
+                parts.append(
+                    f"{row.time_ratio / baseline.time_ratio:.2f} x its fp32 time, "
+                    f"{row.state_bytes_per_param:.2f} vs {baseline.state_bytes_per_param:.2f} "
+                    "B/param of state"
+                )
+            for other in measured:
+                if other.name == row.name and other.state == row.state:
+                    if other.implementation not in ("optlab", "torch.optim"):
+                        parts.append(
+                            f"{row.time_ratio / other.time_ratio:.2f} x {other.implementation}'s "
+                            f"time ({other.state_bytes_per_param:.2f} B/param)"
+                        )
+            if parts:
+                lines.append(f"{label}: " + "; ".join(parts))
+    return lines
+
+
 def bar_checks(all_rows: dict[str, list[Row]], first_steps: list[dict[str, Any]]) -> list[str]:
     """The issue's bars, checked against this run's numbers."""
     lines = []
+    # The bars are about full-precision state: the compact-state rows have their own section.
+    all_rows = {
+        regime: [row for row in rows if row.state == "none"] for regime, rows in all_rows.items()
+    }
 
     def find(rows, name, implementation, path=None, default=False):
         for row in rows:
@@ -646,6 +895,7 @@ def write_report(
     first_steps: list[dict[str, Any]],
     copy_gbps: float,
     command: str,
+    notes: list[str] | None = None,
 ) -> None:
     lines = [
         "# Optimizer step speed",
@@ -660,8 +910,14 @@ def write_report(
         "the rows of a regime (so a row's steps come from moments minutes apart), each round on "
         "fresh copies of the same tensors (new memory) after that round's first step and two "
         "warm-up steps. Effective GB/s counts the bytes a step must move per fp32 parameter: "
-        "4 to read g, 8 to read and write p, 8 to read and write each state tensor the "
-        f"optimizer keeps ({bytes_sentence(all_rows)}). `(default)` marks "
+        "4 to read g, 8 to read and write p, and the state read and written at its real size: "
+        "'state B/param' is the bytes of every state tensor but `step` (int8 codes and their "
+        "float32 block scales included; a tensor shared among parameters once) over the "
+        "parameters, off each row's optimizer after its warm-up steps, and a step moves twice "
+        "that. In full precision this is 8 to read and write each state tensor the "
+        f"optimizer keeps ({bytes_sentence(all_rows)}). 'state' is the moments' storage: fp32, "
+        "bf16 (optlab's `state_dtype=torch.bfloat16`, heavyball's `storage_dtype='bfloat16'`) "
+        "or int8 (optlab's `state_dtype='int8'`, bitsandbytes' 8-bit optimizers). `(default)` marks "
         "what `foreach=None, fused=None` picks. Peak extra memory: the most memory a step holds "
         "beyond the parameters, gradients and state, in MB and as a multiple of the model's size. "
         "The two 'vs torch fused Adam' columns compare each row with torch.optim.Adam(fused=True) "
@@ -684,6 +940,18 @@ def write_report(
             f"({count * size * bench.scale / 1e6:.1f}M parameters)",
             "",
             *regime_table(rows),
+            "",
+        ]
+    if notes:
+        lines += ["## Not measured", "", *(f"- {note}" for note in notes), ""]
+    compared = state_comparisons(all_rows)
+    if compared:
+        lines += [
+            "## Compact state against full precision and the references",
+            "",
+            "Time ratios divide the two rows' ratios to torch fused Adam (drift-free).",
+            "",
+            *compared,
             "",
         ]
     if first_steps:
@@ -727,8 +995,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="registry names to measure (default: the twelve of the default study)",
     )  # fmt: skip
     parser.add_argument(
-        "--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES),
-        help="large: 64 tensors of 262144; small: 500 tensors of 4096 (default: both)",
+        "--regimes", nargs="+", default=list(DEFAULT_REGIMES), choices=list(REGIMES),
+        help="large: 64 tensors of 262144; small: 500 tensors of 4096 (default: both); "
+        "tiny: 8 tensors of 4096, for smoke tests",
+    )  # fmt: skip
+    parser.add_argument(
+        "--state-dtypes", nargs="+", default=["none"], choices=list(STATE_DTYPES),
+        metavar="DTYPE",
+        help="state dtypes to measure, each a row per optimizer and path: none (full "
+        "precision, the default), bfloat16, int8 (optlab's state_dtype, for the optimizers "
+        "that take it; heavyball bf16 and bitsandbytes 8-bit as references)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--paths", nargs="+", default=list(OPTLAB_PATHS), choices=list(OPTLAB_PATHS),
+        help="optlab's and torch.optim's paths to measure (default: loop foreach fused; "
+        "the yardstick, torch fused Adam, always)",
     )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=20, help="timed steps per row (default 20)")
     parser.add_argument(
@@ -752,6 +1033,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="names for the cold/warm first-step table (default: the measured ones)",
     )  # fmt: skip
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory step")
+    parser.add_argument(
+        "--no-references", action="store_true",
+        help="skip the reference packages (adabelief-pytorch, torch-optimizer, "
+        "pytorch_optimizer, heavyball, bitsandbytes): optlab and torch.optim only",
+    )  # fmt: skip
     parser.add_argument(
         "--quick", action="store_true",
         help="adam and adabelief, 5 repeats, first step for adabelief only",
@@ -791,13 +1077,32 @@ def run(args: argparse.Namespace) -> int:
     )
     copy_gbps = bench.copy_bandwidth_gbps()
     log(f"plain copy: {copy_gbps:.1f} GB/s")
-    all_rows = {regime: run_regime(bench, regime, args.optimizers, log) for regime in args.regimes}
+    state_dtypes = tuple(dict.fromkeys(args.state_dtypes))
+    paths = tuple(dict.fromkeys(args.paths))
+    if args.no_references:
+        references, notes = {}, ["the reference packages: --no-references"]
+    else:
+        references, notes = _reference_factories(state_dtypes)
+    if state_dtypes != ("none",):
+        fixed = [name for name in args.optimizers if not takes_state_dtype(name)]
+        if fixed:
+            notes.append(
+                f"{', '.join(fixed)}: no state_dtype option (optlab keeps their state at full "
+                "precision); measured in fp32 only"
+                + ("" if "none" in state_dtypes else ", and fp32 was not asked for")
+            )
+    for note in notes:
+        log(f"note: {note}")
+    all_rows = {
+        regime: run_regime(bench, regime, args.optimizers, log, state_dtypes, paths, references)
+        for regime in args.regimes
+    }
     first_steps = []
     if not args.no_first_step:
         names = args.first_step_optimizers or args.optimizers
         first_steps = first_step_table(names, args.device, args.scale, log)
     command = "python benchmarks/step_speed.py " + " ".join(sys.argv[1:])
-    write_report(args.output, bench, all_rows, first_steps, copy_gbps, command.strip())
+    write_report(args.output, bench, all_rows, first_steps, copy_gbps, command.strip(), notes)
     log(f"wrote {args.output}")
     return 0
 
