@@ -838,6 +838,9 @@ class OptlabOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         scaler_tensors = self._scaler_tensors()
+        for group in self.param_groups:  # a refused state_dtype change refuses before any update
+            if self._keeps_state(group):
+                self._group_state_keys(group)
         for group_index, group in enumerate(self.param_groups):
             if group.get("fused") and any(map(_is_meta, group["params"])):
                 # Before any state is made: as torch.optim's fused optimizers, which
@@ -983,13 +986,13 @@ class OptlabOptimizer(Optimizer):
         # Options a loaded group lacks (an older checkpoint) take the defaults, as
         # torch.optim fills them, except: ``differentiable``, which torch's
         # ``Optimizer.__setstate__`` adds to every optimizer's defaults (only those
-        # that take it get it), and ``foreach`` / ``fused``, whose absence means
+        # that take it get it), ``foreach`` / ``fused`` / ``state_dtype``, whose absence means
         # None (pick) and which torch.optim.Adadelta / RMSprop checkpoints lack;
         # so saving again gives back the groups that were loaded.
         options = [
             (key, value)
             for key, value in self.defaults.items()
-            if key not in ("foreach", "fused")
+            if key not in ("foreach", "fused", "state_dtype")
             and (key != "differentiable" or key in self.torch_off_only)
         ]
         for group in self.param_groups:
@@ -1129,7 +1132,10 @@ class OptlabOptimizer(Optimizer):
                     f"take; is it another optimizer's checkpoint? ({name} takes "
                     f"{sorted(self.defaults)})"
                 )
-            merged = {**self.defaults, **{k: v for k, v in saved.items() if k != "params"}}
+            # A saved group without state_dtype is full precision (an older or a
+            # torch.optim checkpoint), whatever this optimizer was built with.
+            defaults = {k: v for k, v in self.defaults.items() if k != "state_dtype"}
+            merged = {**defaults, **{k: v for k, v in saved.items() if k != "params"}}
             self._check_all(merged, where=f"checkpoint param group {index}")
             if merged["fused"]:  # e.g. torch.optim.Adam(fused=True)'s checkpoint
                 _fused.require_fused(type(self).__name__, group["params"])
@@ -1141,7 +1147,7 @@ class OptlabOptimizer(Optimizer):
             )
         )
         group_of = {
-            saved_id: {**self.defaults, **saved}
+            saved_id: {**{k: v for k, v in self.defaults.items() if k != "state_dtype"}, **saved}
             for saved in saved_groups
             for saved_id in saved["params"]
         }

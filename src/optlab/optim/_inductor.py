@@ -255,6 +255,10 @@ def cpp_kernel_call(
     if len(recorded) != 1:
         return None
     position = {id(tensor): index for index, tensor in enumerate(scratch)}
+    # Other element counts (e.g. an int8 moment's block scales) by the first tensor that has it.
+    numels: dict[int, int] = {}
+    for index, tensor in enumerate(scratch[:-1]):
+        numels.setdefault(tensor.numel(), index)
     items = []
     for value in recorded[0]:
         if isinstance(value, Tensor) and id(value) in position:
@@ -262,6 +266,8 @@ def cpp_kernel_call(
             items.append("h" if index == len(scratch) - 1 else f"t[{index}]")
         elif type(value) is int and value in sizes:
             items.append(f"t[{list(sizes).index(value) * width}].numel()")
+        elif type(value) is int and value > 1 and value in numels:
+            items.append(f"t[{numels[value]}].numel()")
         else:
             return None
     return kernel, items

@@ -134,7 +134,9 @@ class AdaBound(OptlabOptimizer):
     """
 
     state_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-    moment_kinds = MappingProxyType({"exp_avg": "signed", "exp_avg_sq": "nonnegative", "max_exp_avg_sq": "nonnegative"})
+    moment_kinds = MappingProxyType(
+        {"exp_avg": "signed", "exp_avg_sq": "nonnegative", "max_exp_avg_sq": "nonnegative"}
+    )
     fp32_for_low_precision = True
     rule = staticmethod(_adabound_rule)
 
@@ -251,5 +253,5 @@ class AdaBoundW(AdaBound):
         super().__init__(
             params, lr, betas, final_lr, gamma, eps, weight_decay, amsbound,
             weight_decouple=True, fixed_decay=True, maximize=maximize, foreach=foreach,
-            fused=fused,
+            fused=fused, state_dtype=state_dtype,
         )  # fmt: skip
