@@ -70,6 +70,30 @@ from typing import Any
 from optlab.optim.registry import list_optimizers
 
 REGIMES = {"large": (64, 262_144), "small": (500, 4096), "tiny": (8, 4096)}
+#: Regimes of tensors of different sizes: "mixed", 32 pairs of a 500,000-element weight
+#: and a 1,024-element bias (uneven work per tensor inside one bucket's OpenMP region).
+MIXED_REGIMES = {"mixed": [500_000, 1_024] * 32}
+
+
+def regime_sizes(regime: str) -> list[int]:
+    """The element counts of a regime's tensors (before ``--scale``)."""
+    if regime in MIXED_REGIMES:
+        return list(MIXED_REGIMES[regime])
+    count, size = REGIMES[regime]
+    return [size] * count
+
+
+def regime_title(regime: str, scale: int) -> str:
+    if regime in MIXED_REGIMES:
+        sizes = regime_sizes(regime)
+        return (
+            f"{len(sizes) // 2} pairs of {sizes[0] * scale:,} and {sizes[1] * scale:,} "
+            f"({sum(sizes) * scale / 1e6:.1f}M parameters)"
+        )
+    count, size = REGIMES[regime]
+    return f"{count} tensors of {size * scale:,} ({count * size * scale / 1e6:.1f}M parameters)"
+
+
 #: What ``--regimes`` measures unless told ("tiny" is for smoke tests).
 DEFAULT_REGIMES = ("large", "small")
 #: ``--state-dtypes`` values: optlab's ``state_dtype`` option (``none``: full precision).
@@ -383,15 +407,15 @@ class Bench:
         """The regime's parameter values and gradients (made once, copied per row)."""
         if regime not in self._base:
             torch = self.torch
-            count, size = REGIMES[regime]
+            sizes = regime_sizes(regime)
             generator = torch.Generator().manual_seed(0)
             values = [
                 torch.randn(size * self.scale, generator=generator).to(self.device)
-                for _ in range(count)
+                for size in sizes
             ]
             grads = [
                 torch.randn(size * self.scale, generator=generator).to(self.device)
-                for _ in range(count)
+                for size in sizes
             ]
             self._base[regime] = (values, grads)
         return self._base[regime]
@@ -650,8 +674,10 @@ def probe_first_step(name: str, regime: str, device: str, scale: int) -> dict[st
     from optlab.optim import _fused, create_optimizer
 
     import_s = time.perf_counter() - start_import
-    count, size = REGIMES[regime]
-    params = [torch.nn.Parameter(torch.randn(size * scale, device=device)) for _ in range(count)]
+    params = [
+        torch.nn.Parameter(torch.randn(size * scale, device=device))
+        for size in regime_sizes(regime)
+    ]
     for param in params:
         param.grad = torch.randn_like(param)
     with warnings.catch_warnings():
@@ -934,10 +960,8 @@ def write_report(
             "",
         ]
     for regime, rows in all_rows.items():
-        count, size = REGIMES[regime]
         lines += [
-            f"## Regime `{regime}`: {count} tensors of {size * bench.scale:,} "
-            f"({count * size * bench.scale / 1e6:.1f}M parameters)",
+            f"## Regime `{regime}`: {regime_title(regime, bench.scale)}",
             "",
             *regime_table(rows),
             "",
@@ -995,9 +1019,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="registry names to measure (default: the twelve of the default study)",
     )  # fmt: skip
     parser.add_argument(
-        "--regimes", nargs="+", default=list(DEFAULT_REGIMES), choices=list(REGIMES),
+        "--regimes", nargs="+", default=list(DEFAULT_REGIMES),
+        choices=[*REGIMES, *MIXED_REGIMES],
         help="large: 64 tensors of 262144; small: 500 tensors of 4096 (default: both); "
-        "tiny: 8 tensors of 4096, for smoke tests",
+        "tiny: 8 tensors of 4096, for smoke tests; mixed: 32 pairs of 500000 and 1024 "
+        "(weights and biases)",
     )  # fmt: skip
     parser.add_argument(
         "--state-dtypes", nargs="+", default=["none"], choices=list(STATE_DTYPES),
