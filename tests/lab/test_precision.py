@@ -264,3 +264,23 @@ def test_a_study_without_compact_arms_has_no_such_section(tmp_path):
     write_report(tmp_path)
     assert "Compact state" not in (tmp_path / "report.md").read_text(encoding="utf-8")
     assert not (tmp_path / "state-dtype.csv").exists()
+
+
+def test_the_shipped_state_dtype_studies_pair_every_compact_arm_with_the_same_grid():
+    from optlab.cli_ablate import list_studies, study_path
+    from optlab.lab.checks import validate_study
+    from optlab.lab.studyfile import load_toml
+
+    assert "state-dtype" in list_studies()
+    for quick in (False, True):
+        study = validate_study(load_toml(study_path("state-dtype", quick)))
+        pairs = baseline_pairs(study.arms)
+        assert len(study.arms) == 9 and len(pairs) == 6
+        assert {(p.optimizer, p.state_dtype) for p in pairs} == {
+            (o, f) for o in ("adam", "adabelief", "lion") for f in ("bfloat16", "int8")
+        }
+        for pair in pairs:
+            compact, full = study.arm(pair.compact), study.arm(pair.baseline)
+            assert study.space(compact) == study.space(full)  # the same lr grid, the same budget
+        assert len({study.budget(arm) for arm in study.arms}) == 1
+    assert len(load_toml(study_path("state-dtype")).seeds) == 5
