@@ -133,7 +133,7 @@ _M2 = 0x846CA68B - (1 << 32)  # as a signed 32-bit constant
 
 
 def hash32(x: Tensor) -> Tensor:
-    """"lowbias32" (C. Wellons) on int32 tensors, arithmetic modulo 2^32.
+    """The "lowbias32" hash (C. Wellons) on int32 tensors, arithmetic modulo 2^32.
 
     Logical shifts are written as arithmetic shifts masked to their width, and
     the products wrap as two's complement, so the bits equal the unsigned
@@ -243,7 +243,9 @@ def decode(fmt: str, kind: str, codes: Tensor, absmax: Tensor | None, dtype: tor
     flat = out.view(-1)
     for start, stop in parts(codes.numel()):
         first, last = start // BLOCK, -(-stop // BLOCK)
-        block = _dequantize_blocks(_block_view(flat_codes, start, stop), absmax[first:last], kind, dtype)
+        block = _dequantize_blocks(
+            _block_view(flat_codes, start, stop), absmax[first:last], kind, dtype
+        )
         flat[start:stop] = block.reshape(-1)
     return out
 

@@ -264,7 +264,9 @@ class AdaBelief(OptlabOptimizer):
     """
 
     state_keys = ("exp_avg", "exp_avg_var", "max_exp_avg_var")
-    moment_kinds = MappingProxyType({"exp_avg": "signed", "exp_avg_var": "nonnegative", "max_exp_avg_var": "nonnegative"})
+    moment_kinds = MappingProxyType(
+        {"exp_avg": "signed", "exp_avg_var": "nonnegative", "max_exp_avg_var": "nonnegative"}
+    )
     fp32_for_low_precision = True
     rule = staticmethod(_adabelief_rule)
     forms = {"loop": _adabelief_loop, "foreach": _adabelief_foreach}

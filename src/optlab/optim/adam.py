@@ -118,7 +118,9 @@ class Adam(OptlabOptimizer):
     """
 
     state_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-    moment_kinds = MappingProxyType({"exp_avg": "signed", "exp_avg_sq": "nonnegative", "max_exp_avg_sq": "nonnegative"})
+    moment_kinds = MappingProxyType(
+        {"exp_avg": "signed", "exp_avg_sq": "nonnegative", "max_exp_avg_sq": "nonnegative"}
+    )
     torch_off_only = ("capturable", "differentiable")
     rule = staticmethod(_adam_rule)
     forms = {"loop": _adam_loop, "foreach": _adam_foreach}

@@ -131,7 +131,9 @@ class EAdam(OptlabOptimizer):
     """
 
     state_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-    moment_kinds = MappingProxyType({"exp_avg": "signed", "exp_avg_sq": "nonnegative", "max_exp_avg_sq": "nonnegative"})
+    moment_kinds = MappingProxyType(
+        {"exp_avg": "signed", "exp_avg_sq": "nonnegative", "max_exp_avg_sq": "nonnegative"}
+    )
     fp32_for_low_precision = True
     rule = staticmethod(_eadam_rule)
     forms = {"loop": _eadam_loop, "foreach": _eadam_foreach}

@@ -138,7 +138,9 @@ class RMSprop(OptlabOptimizer):
     """
 
     state_keys = ("square_avg", "grad_avg", "momentum_buffer")
-    moment_kinds = MappingProxyType({"square_avg": "nonnegative", "grad_avg": "signed", "momentum_buffer": "signed"})
+    moment_kinds = MappingProxyType(
+        {"square_avg": "nonnegative", "grad_avg": "signed", "momentum_buffer": "signed"}
+    )
     torch_off_only = ("capturable", "differentiable")
     rule = staticmethod(_rmsprop_rule)
     forms = {"loop": _rmsprop_loop, "foreach": _rmsprop_foreach}
