@@ -527,15 +527,14 @@ class OptlabOptimizer(Optimizer):
         states: list[dict[str, Any]],
         keys: Sequence[str],
         key: str,
+        rounding_steps: Sequence[int],
     ) -> _lowp.CompactStates:
         fmt, kind = self._state_format(group), self.moment_kinds[key]
         positions, slot = self._positions(), keys.index(key)
         seeds = [
-            _lowp.part_seeds(
-                fmt, param.numel(), positions[param], self._rounding_step(group, state), slot
-            )
-            for param, state in zip(params, states, strict=True)
-        ]  # fmt: skip
+            _lowp.part_seeds(fmt, param.numel(), positions[param], step, slot)
+            for param, step in zip(params, rounding_steps, strict=True)
+        ]
         absmax = None
         if fmt == "int8":
             absmax = [state[_lowp.absmax_key(key)] for state in states]
@@ -593,12 +592,15 @@ class OptlabOptimizer(Optimizer):
         """
         keys = self.state_keys if keys is None else keys
         fmt = None if group is None else self._state_format(group)
+        rounding_steps = None
+        if fmt is not None:  # read once per parameter, not once per moment
+            rounding_steps = [self._rounding_step(group, state) for state in states]
         real = {}
         for key in keys:
             values = [state.get(key) for state in states]
             if all(isinstance(value, Tensor) for value in values):
                 if fmt is not None and key in self.moment_kinds:
-                    real[key] = self._compact(group, params, states, keys, key)
+                    real[key] = self._compact(group, params, states, keys, key, rounding_steps)
                 else:
                     real[key] = [as_real(v) for v in values] if self._complex_group else values
         return real
