@@ -155,6 +155,7 @@ import torch
 from torch import Tensor
 
 from . import _inductor, _lowp
+from ._rules import HostScalars
 
 __all__ = [
     "FUSED_DEFAULT_MIN_NUMEL",
@@ -569,11 +570,7 @@ class _Kernel:
         self._compiled = compiled.call
         if compiled.wrapper is None or compiled.plan is None:
             logger.debug("optlab fused: no direct call for %s", self.function.__name__)
-            if self.layout and not self._direct_matches_eager(num_scalars):
-                raise FusedCompileError(
-                    f"the fused kernel {self.function.__name__} does not round compact state "
-                    "as the eager rule does"
-                )
+            self._refuse_if_compact_disagrees(num_scalars)
             return
         self._direct, self._plan = compiled.wrapper, compiled.plan
         # N-D tensors passed as they are; where the generated code checks
@@ -585,6 +582,15 @@ class _Kernel:
                 return
         logger.debug("optlab fused: direct call of %s disagrees", self.function.__name__)
         self._direct = self._plan = self._runner = None
+        self._refuse_if_compact_disagrees(num_scalars)
+
+    def _refuse_if_compact_disagrees(self, num_scalars: int) -> None:
+        """A compact-state kernel run through Dynamo must still agree with the eager rule.
+
+        (Plain kernels that fall back to Dynamo are correct by construction; a
+        compact one could round differently, e.g. to nearest where Inductor drops
+        the bf16 round trips, so it is refused rather than run.)
+        """
         if self.layout and not self._direct_matches_eager(num_scalars):
             raise FusedCompileError(
                 f"the fused kernel {self.function.__name__} for {self.device.type}/{self.dtype} "
@@ -1127,18 +1133,12 @@ def _compact_update(
             members = [lists[index] for lists in tensors if lists is not None]
             if not all(map(Tensor.is_contiguous, members)):
                 arguments = [None if lists is None else lists[index] for lists in tensors]
-                _lowp.run_rule(rule, arguments, tensors, index, _rules_vector(vector), flags)
+                _lowp.run_rule(rule, arguments, tensors, index, HostScalars(vector), flags)
                 continue
             _split_sets(tensors, index, blocked, sets)
         for part, part_sets in sets.items():
             if part_sets:
                 _run_sets(kernels[device, dtype, part], part_sets, vector, len(moments))
-
-
-def _rules_vector(values: Sequence[float]) -> Any:
-    from ._rules import HostScalars
-
-    return HostScalars(float(v) for v in values)
 
 
 def _split_sets(

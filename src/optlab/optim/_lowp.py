@@ -321,15 +321,6 @@ class CompactStates(list):
         super().__init__(codes)
         self.fmt, self.kind, self.absmax, self.seeds = fmt, kind, absmax, seeds
 
-    def subset(self, indices: Sequence[int]) -> CompactStates:
-        return CompactStates(
-            [self[i] for i in indices],
-            self.fmt,
-            self.kind,
-            None if self.absmax is None else [self.absmax[i] for i in indices],
-            [self.seeds[i] for i in indices],
-        )
-
     def decoded(self, index: int, dtype: torch.dtype) -> Tensor:
         absmax = None if self.absmax is None else self.absmax[index]
         return decode(self.fmt, self.kind, self[index], absmax, dtype)
