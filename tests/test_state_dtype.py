@@ -33,7 +33,10 @@ import contextlib
 import copy
 import inspect
 import io
+import json
 import math
+import subprocess
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -488,6 +491,95 @@ def test_fused_runs_are_reproducible_and_resume_bitwise(name, fmt):
     assert_resumes_bitwise(CASE_BY_NAME[name], fmt, {"fused": True}, steps=4, at=2)
     if name == "adam" and fmt == "bfloat16":
         check_grad_scaler_unscales_for_compact_state()
+
+
+# Two int8 steps of fused Adam, bitwise summarised; run here and in a fresh process.
+INT8_STEPS = """
+import hashlib, torch, optlab
+generator = torch.Generator().manual_seed(5)
+shapes = [(300,), (7, 37), (1030,), (2, 256)]
+params = [torch.randn(s, generator=generator).requires_grad_() for s in shapes]
+optimizer = optlab.create_optimizer(params, "adam", lr=1e-2, fused=True, state_dtype="int8")
+for _ in range(2):
+    for param in params:
+        param.grad = torch.randn(param.shape, generator=generator)
+    optimizer.step()
+digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in params)).hexdigest()
+"""
+
+
+def _int8_kernels():
+    return [k for k in _fused._kernels.values() if k.layout and k.layout.part != "flat"]
+
+
+@needs_fused
+def test_a_fresh_process_loads_recorded_int8_kernels_without_tracing():
+    """int8 kernels are called through Inductor's wrapper (it makes buffers of its own);
+    the record keeps that wrapper's module, so a later process loads it instead of
+    tracing the rule again (20-75 s a process here) and takes bitwise the same steps."""
+    namespace: dict[str, Any] = {}
+    exec(INT8_STEPS, namespace)
+    kernels = _int8_kernels()
+    assert {k.layout.part for k in kernels} >= {"blocks", "tail"}
+    records = [_fused._recorded(k) for k in kernels]
+    assert all(records), "every int8 kernel is recorded"
+    assert any("wrapper" in record for record in records)
+    script = (
+        "from optlab.optim import _fused\n"
+        "def refuse(self, num_scalars):\n"
+        "    raise AssertionError('compiled although a checked record exists')\n"
+        "_fused._Kernel.compile = refuse\n" + INT8_STEPS + "print(digest)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == namespace["digest"]
+
+
+@needs_fused
+@pytest.mark.parametrize("swap", ["same dtype", "other dtype"])
+def test_a_wrapper_record_with_its_inputs_reordered_is_not_used(swap):
+    """A plan that hands the kernel a moment's block scales (float32, another length)
+    or its int8 codes where it reads the parameter is refused, the first by the
+    self-check (it checks element counts), the second before any call (the
+    record names each input's dtype; such a call would read past the codes), and
+    the process goes on. (The record is trusted as a whole otherwise: it names a
+    module that is imported.)"""
+    exec(INT8_STEPS, {})
+    kernel = next(k for k in _int8_kernels() if "wrapper" in (_fused._recorded(k) or {}))
+    path = _fused._record_path(kernel)
+    original = path.read_text()
+    record = json.loads(original)
+    plan = record["plan"]
+
+    def member(entry):
+        index, is_size = entry
+        return (
+            None
+            if is_size or index >= kernel.arity * kernel.width
+            else kernel.members[index % kernel.width]
+        )
+
+    other = (torch.float32, "absmax") if swap == "same dtype" else (torch.int8, "codes")
+    first = next(i for i, entry in enumerate(plan) if member(entry) == (torch.float32, "plain"))
+    second = next(i for i, entry in enumerate(plan) if member(entry) == other)
+    plan[first], plan[second] = plan[second], plan[first]
+
+    def fresh():
+        return _fused._Kernel(
+            kernel.rule, kernel.flags, kernel.present, kernel.device, kernel.dtype,
+            kernel.arity, kernel.scaled, kernel.layout,
+        )  # fmt: skip
+
+    # The scalar vector: the rule's scalars, then a seed per moment per tensor set.
+    num_scalars = kernel.layout.num_scalars + kernel.arity * len(kernel.layout.moments)
+    try:
+        path.write_text(json.dumps(record))
+        assert not fresh().load(num_scalars)
+    finally:
+        path.write_text(original)
+    assert fresh().load(num_scalars)  # the intact record is used
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -578,6 +578,7 @@ class _Kernel:
         for flat in (False, True) if not self.layout else (False,):
             self._flat, self._runner = flat, None
             if self._direct_matches_eager(num_scalars):
+                _inductor.trust_layout(self._direct)
                 self._call_kernel_directly(num_scalars)
                 return
         logger.debug("optlab fused: direct call of %s disagrees", self.function.__name__)
@@ -595,7 +596,7 @@ class _Kernel:
             raise FusedCompileError(
                 f"the fused kernel {self.function.__name__} for {self.device.type}/{self.dtype} "
                 "does not round compact state as the eager rule does (a torch version whose "
-                "Inductor ignores emulate_precision_casts?)"
+                "Inductor compiles the rounding differently?)"
             )
 
     def _call_kernel_directly(self, num_scalars: int) -> None:
@@ -623,7 +624,10 @@ class _Kernel:
         except Exception as error:  # pragma: no cover - depends on the torch version
             logger.debug("optlab fused: recording the kernel call raised %r", error)
             return
-        if found is None:
+        if found is None:  # several kernels, or buffers of its own: record the wrapper
+            wrapper = _inductor.wrapper_file(self._direct)
+            if wrapper is not None:
+                _remember(self, wrapper=wrapper)
             return
         kernel, items = found
         self._runner = _inductor.cpp_runner(kernel, items)
@@ -634,7 +638,7 @@ class _Kernel:
             )
             self._runner = wrapper_runner
             return
-        _remember(self, kernel, items)
+        _remember(self, kernel_function=kernel, items=items)
 
     def load(self, num_scalars: int) -> bool:
         """Use this signature's kernel from an earlier process, if one is recorded and checks out.
@@ -650,14 +654,43 @@ class _Kernel:
         if record is None:
             return False
         try:
-            kernel = _inductor.load_cpp_kernel(record["module"], record["library"])
-            self._runner = _inductor.cpp_runner(kernel, record["items"])  # checked below
+            if "wrapper" in record:  # a generated module: Inductor imported, nothing traced
+                plan = [(int(index), bool(is_size)) for index, is_size in record["plan"]]
+                if record.get("inputs") != self._plan_inputs(plan):
+                    return False  # the plan hands the module tensors of other dtypes
+                self._direct, self._plan = _inductor.load_wrapper(record["wrapper"]), plan
+                self._runner = None
+                self.runner()  # checked below
+            else:
+                kernel = _inductor.load_cpp_kernel(record["module"], record["library"])
+                self._runner = _inductor.cpp_runner(kernel, record["items"])  # checked below
             if self._direct_matches_eager(num_scalars):
+                if self._direct is not None:
+                    _inductor.trust_layout(self._direct)
                 return True
         except Exception as error:
             logger.debug("optlab fused: loading the recorded kernel failed: %r", error)
-        self._runner = None
+        self._direct = self._plan = self._runner = None
         return False
+
+    def _plan_inputs(self, plan: Sequence[tuple[int, bool]]) -> list[str]:
+        """What each graph input of ``plan`` is: an element count, or a tensor's dtype.
+
+        Recorded with a wrapper and compared on loading, before any call: the
+        self-check catches a plan that swaps tensors of one dtype (their element
+        counts or the results differ), but a kernel handed an int8 tensor where
+        it reads float32 would read past its end.
+        """
+        scalars = len(self.names) - 1
+        inputs = []
+        for index, is_size in plan:
+            if is_size:
+                inputs.append("count")
+            elif index < self.arity * self.width:
+                inputs.append(str(self.members[index % self.width][0]))
+            else:
+                inputs.append("scalars" if index == scalars else "grad scaler")
+        return inputs
 
     def _sizes(self, offset: int) -> list[int]:
         """Distinct element counts, one per slot, for tracing (``offset`` 0) and checks."""
@@ -815,11 +848,11 @@ def _is_cpu(device: torch.device) -> bool:
 # One kernel compiles in-process faster than through a pool of compile workers.
 _INDUCTOR_OPTIONS: dict[str, Any] = {"compile_threads": 1}
 
-#: Kernels over compact state (:mod:`._lowp`) round through bf16 on purpose
-#: (``x.to(bf16).to(fp32)`` finds a bf16 neighbour); by default Inductor drops
-#: such round trips and keeps the fp32 value, which would turn stochastic
-#: rounding into rounding to nearest.
-_COMPACT_OPTIONS: dict[str, Any] = {"emulate_precision_casts": True}
+#: Kernels over compact state (:mod:`._lowp`) need no option of their own: their
+#: rounding works on bit patterns (bf16) and integer codes (int8), which no
+#: Inductor setting changes. (An earlier arithmetic rounding needed
+#: ``emulate_precision_casts``, which costs a third of a bf16 kernel's time.)
+_COMPACT_OPTIONS: dict[str, Any] = {}
 
 
 def _options(layout: Layout) -> dict[str, Any]:
@@ -871,7 +904,7 @@ def _kernel(
 # --------------------------------------------------------------------------
 
 #: Bump when what a record holds, or how it is used, changes.
-_RECORD_FORMAT = 2
+_RECORD_FORMAT = 3
 
 
 def _cache_dir() -> Path:
@@ -964,19 +997,43 @@ def _recorded(kernel: _Kernel) -> dict[str, Any] | None:
         record = json.loads(_record_path(kernel).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or not Path(str(record.get("library"))).is_file():
+    if not isinstance(record, dict):
+        return None
+    if not Path(str(record.get("wrapper", record.get("library")))).is_file():
         return None
     return record
 
 
-def _remember(kernel: _Kernel, function: Any, items: list[str]) -> None:
-    """Record where a checked C++ kernel lives and how to call it, for later processes."""
-    location = _inductor.cpp_library(function)
-    if kernel.device.type != "cpu" or location is None:
+def _remember(
+    kernel: _Kernel,
+    *,
+    kernel_function: Any = None,
+    items: list[str] | None = None,
+    wrapper: str | None = None,
+) -> None:
+    """Record how a checked kernel is called, for later processes.
+
+    Either the C++ kernel itself (its library, module and argument
+    expressions ``items``) or, where the generated wrapper does more than
+    forward to one kernel (int8 blocks: several kernels, buffers of its own),
+    the wrapper's module file and the input plan.
+    """
+    if kernel.device.type != "cpu":
         return
-    library, name = location
+    if wrapper is not None:
+        plan = kernel._plan
+        record: dict[str, Any] = {
+            "wrapper": wrapper,
+            "plan": plan,
+            "inputs": kernel._plan_inputs(plan),
+        }
+    else:
+        location = _inductor.cpp_library(kernel_function)
+        if location is None:
+            return
+        library, name = location
+        record = {"library": library, "module": name, "items": items}
     path = _record_path(kernel)
-    record = {"library": library, "module": name, "items": items}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as file:

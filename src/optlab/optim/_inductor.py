@@ -16,13 +16,14 @@ when a kernel is compiled.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import importlib.util
 import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -41,6 +42,10 @@ PRIVATE_API = (
     "torch._functorch.config.enable_autograd_cache",
     "torch.utils._triton.has_triton",
     "torch._C._dynamo.guards._torchinductor_pyobject_tensor_data_ptr",
+    "torch._inductor.codegen.cpp.CppVecOverrides.to_dtype_bitcast",
+    "torch._inductor.codegen.cpp.DTYPE_TO_CPP",
+    "torch._inductor.codegen.cpp.CppVecKernel._get_num_vectors",
+    "torch._inductor.codecache.PyCodeCache.load_by_key_path",
 )
 
 #: What a direct call's argument expressions are evaluated over: ``t`` the
@@ -125,8 +130,10 @@ def compile_function(
       ``TensorPropertySource``);
     - ``torch._functorch.config.enable_autograd_cache`` and
       ``torch._inductor.config`` (``options``, e.g. ``compile_threads``);
-    - the generated module's global ``assert_size_stride``, replaced by a
-      no-op (the caller passes only contiguous tensors, N-D ones indexed linearly).
+    - the generated module's global ``assert_size_stride(tensor, size,
+      stride, ...)``, replaced by :func:`_element_count_check` (the caller
+      passes contiguous tensors, N-D ones indexed linearly) until
+      :func:`trust_layout` makes it a no-op.
     """
     from torch._inductor.compile_fx import compile_fx, compile_fx_inner
 
@@ -146,20 +153,95 @@ def compile_function(
         torch.no_grad(),
         torch._functorch.config.patch(enable_autograd_cache=False),
         torch._inductor.config.patch(dict(options)),
+        vectorized_bitcasts(),
     ):
         compiled(*inputs)
     wrapper = getattr(captured.get("output"), "current_callable", None)
     plan = captured.get("plan")
     if wrapper is None or plan is None:
         return Compiled(compiled, None, None)
-    module_globals = _globals(wrapper)
-    if "assert_size_stride" in module_globals:
-        module_globals["assert_size_stride"] = _no_layout_check
+    _check_element_counts(wrapper)
     return Compiled(compiled, wrapper, plan)
+
+
+#: Bit casts between equally wide types that :func:`vectorized_bitcasts` keeps vectorised.
+_SAME_WIDTH = {(torch.float32, torch.int32), (torch.int32, torch.float32)}
+
+
+@contextlib.contextmanager
+def vectorized_bitcasts() -> Iterator[None]:
+    """While compiling: Inductor's vectorised C++ reinterprets float32 <-> int32 in registers.
+
+    Inductor 2.13 has no vector form of ``to_dtype_bitcast`` (``x.view(torch.int32)``
+    in a kernel): it stores each vector to a buffer and casts element by element,
+    which made the bit-level stochastic rounding of bf16 state (:func:`._lowp.round_bf16`)
+    three times slower than the rest of its kernel. Within this context, such a
+    cast of a vector is ``at::vec::cast`` (ATen's bit reinterpretation) per
+    register; every other cast keeps Inductor's code. Relies on
+    ``torch._inductor.codegen.cpp.CppVecOverrides.to_dtype_bitcast(x, dtype,
+    src_dtype)`` being the vector form's static method, called with a vector
+    ``x`` (the class wraps its methods on instantiation), on ``DTYPE_TO_CPP``
+    and on ``V.kernel._get_num_vectors(dtype)``.
+    """
+    from torch._inductor.codegen import cpp
+    from torch._inductor.virtualized import V
+
+    scalarised = cpp.CppVecOverrides.__dict__["to_dtype_bitcast"]
+
+    def to_dtype_bitcast(x: Any, dtype: torch.dtype, src_dtype: torch.dtype) -> Any:
+        if (src_dtype, dtype) not in _SAME_WIDTH:
+            return scalarised.__func__(x, dtype, src_dtype)
+        target = cpp.DTYPE_TO_CPP[dtype]
+        count = V.kernel._get_num_vectors(dtype)
+        if count == 1:
+            return f"at::vec::cast<{target}>({x})"
+        return (
+            f"[&]() {{ at::vec::VectorizedN<{target}, {count}> r; "
+            f"for (int k = 0; k < {count}; k++) r[k] = at::vec::cast<{target}>({x}[k]); "
+            "return r; }()"
+        )
+
+    cpp.CppVecOverrides.to_dtype_bitcast = staticmethod(to_dtype_bitcast)
+    try:
+        yield
+    finally:
+        cpp.CppVecOverrides.to_dtype_bitcast = scalarised
 
 
 def _no_layout_check(*args: Any, **kwargs: Any) -> None:
     return None
+
+
+def _element_count_check(tensor: Any, size: Sequence[int], *args: Any, **kwargs: Any) -> None:
+    """The generated module's layout check, as the caller's tensors need it: contiguous,
+    of the traced element count (N-D tensors are indexed linearly).
+
+    Raises a Python ``AssertionError``, which the self-check before a wrapper is
+    trusted catches: Inductor's own ``assert_size_stride`` failing inside the
+    generated ``call`` aborts the process (seen with a recorded input plan whose
+    arguments were swapped).
+    """
+    count = 1
+    for extent in size:
+        count *= int(extent)
+    if not (isinstance(tensor, Tensor) and tensor.numel() == count and tensor.is_contiguous()):
+        raise AssertionError(
+            f"the kernel expects a contiguous tensor of {count} elements, got "
+            f"{getattr(tensor, 'shape', type(tensor).__name__)}"
+        )
+
+
+def _check_element_counts(wrapper: Any) -> None:
+    module_globals = _globals(wrapper)
+    if "assert_size_stride" in module_globals:
+        module_globals["assert_size_stride"] = _element_count_check
+
+
+def trust_layout(wrapper: Any) -> None:
+    """Drop a checked wrapper's layout checks (about 10 us a bucket on 2 cores)."""
+    module_globals = _globals(wrapper)
+    if "assert_size_stride" in module_globals:
+        module_globals["assert_size_stride"] = _no_layout_check
 
 
 def _globals(function: Any) -> dict[str, Any]:
@@ -211,7 +293,8 @@ def wrapper_runner(
     """
     view = ".view(-1)" if flat else ""
     items = [
-        "h" if index == scalars_index else f"t[{index}]" + (".numel()" if is_size else view)
+        ("h" if index == scalars_index else f"t[{index}]")
+        + (".numel()" if is_size else "" if index == scalars_index else view)
         for index, is_size in plan
     ]
     return _generated_call(wrapper, items, as_list=True)
@@ -276,6 +359,30 @@ def cpp_kernel_call(
 def cpp_runner(kernel: Callable[..., Any], items: Sequence[str]) -> Runner:
     """A runner calling a C++ kernel with the argument expressions of :func:`cpp_kernel_call`."""
     return _generated_call(kernel, items, as_list=False)
+
+
+def wrapper_file(wrapper: Callable[[list[Any]], Any]) -> str | None:
+    """The file of the generated module whose ``call`` is ``wrapper`` (in Inductor's cache)."""
+    path = _globals(wrapper).get("__file__")
+    return path if isinstance(path, str) and os.path.isfile(path) else None
+
+
+def load_wrapper(path: str) -> Callable[[list[Any]], Any]:
+    """The ``call`` of a generated module from an earlier process, its layout checks off.
+
+    Imports Inductor (seconds) but traces nothing: the module compiles its
+    C++ kernels at import, which Inductor's cache turns into loading them.
+    Relies on ``torch._inductor.codecache.PyCodeCache.load_by_key_path(key,
+    path)`` importing such a module, and on the module's ``call`` and
+    ``assert_size_stride`` globals (as :func:`compile_function`): its layout
+    checks are :func:`_element_count_check` until :func:`trust_layout`.
+    """
+    from torch._inductor.codecache import PyCodeCache
+
+    module = PyCodeCache.load_by_key_path(Path(path).stem, path)
+    wrapper = module.call
+    _check_element_counts(wrapper)
+    return wrapper
 
 
 def cpp_library(kernel: Callable[..., Any]) -> tuple[str, str] | None:

@@ -14,9 +14,10 @@ An elementwise optimizer's group option ``state_dtype`` chooses how its
     *stochastic rounding*: to the nearer-above bf16 magnitude ``hi`` when
     ``u * (hi - lo) < |x| - lo``, else to ``lo`` (``lo <= |x| <= hi`` the two
     neighbouring bf16 magnitudes, ``u`` uniform on multiples of 2^-16 in
-    [0, 1)), so ``E[round(x)] = x`` exactly for float32 ``x``. NaN and
-    infinities are kept; magnitudes under bf16's smallest normal round to
-    zero or the nearest subnormal with a small bias.
+    [0, 1)), so ``E[round(x)] = x`` exactly for float32 ``x`` (subnormal
+    ones included; done on the bit pattern, :func:`round_bf16`). NaN and
+    infinities are kept; a magnitude above bf16's largest finite value
+    rounds up to infinity with the probability the rule gives.
 ``"int8"``: 1 byte a moment plus a float32 scale per block of :data:`BLOCK`.
     The flattened moment is cut into blocks of :data:`BLOCK` consecutive
     elements (the last one shorter when the size is not a multiple); each
@@ -76,6 +77,7 @@ __all__ = [
     "encode_into",
     "hash32",
     "parse_state_dtype",
+    "random16",
     "round_bf16",
     "seed",
     "uniform",
@@ -92,7 +94,7 @@ KINDS = ("signed", "nonnegative")
 
 # Constants the kernels use are written as literals in the functions: Dynamo
 # makes a module-level float a graph input (a scalar argument), not a constant.
-# 0.0048828125 = 1.25 * 2^-8, the nudge of round_bf16; 1.52587890625e-05 = 2^-16.
+# 1.52587890625e-05 = 2^-16.
 
 
 def parse_state_dtype(value: Any) -> str | None:
@@ -146,10 +148,15 @@ def hash32(x: Tensor) -> Tensor:
     return x ^ ((x >> 16) & 0xFFFF)
 
 
-def uniform(like: Tensor, seed_value: Tensor | int) -> Tensor:
-    """float32 ``u`` in [0, 1), multiples of 2^-16, one per element of ``like`` (flat order)."""
+def random16(like: Tensor, seed_value: Tensor | int) -> Tensor:
+    """int32 random bits in [0, 2^16), one per element of ``like`` (flat order)."""
     index = torch.arange(like.numel(), device=like.device, dtype=torch.int32).view(like.shape)
-    return (hash32(index ^ seed_value) & 0xFFFF).to(torch.float32) * 1.52587890625e-05
+    return hash32(index ^ seed_value) & 0xFFFF
+
+
+def uniform(like: Tensor, seed_value: Tensor | int) -> Tensor:
+    """float32 ``u`` in [0, 1), multiples of 2^-16: :func:`random16` times 2^-16."""
+    return random16(like, seed_value).to(torch.float32) * 1.52587890625e-05
 
 
 _MASK64 = (1 << 64) - 1
@@ -180,25 +187,19 @@ def seed(position: int, step: int, slot: int, part: int = 0) -> int:
 # --------------------------------------------------------------------------
 
 
-def round_bf16(x: Tensor, u: Tensor) -> Tensor:
-    """``x`` (float32) stochastically rounded to bfloat16 with uniforms ``u``.
+def round_bf16(x: Tensor, bits: Tensor) -> Tensor:
+    """``x`` (float32) stochastically rounded to bfloat16 with random ``bits`` (int32 in [0, 2^16)).
 
-    The neighbours are found arithmetically (Inductor's CPU code scalarises
-    bit casts): ``b`` is ``|x|`` rounded to nearest; ``b * (1 +- 1.25 * 2^-8)``
-    rounded to nearest is the bf16 value next to ``b`` above / below (the
-    nudge is between 0.625 and 1.25 of a bf16 spacing for every normal
-    ``b``), so ``lo <= |x| <= hi`` are exact and ``u * (hi - lo)`` is compared
-    with ``|x| - lo`` without a division.
+    On the bit pattern: ``x``'s low 16 bits ``low`` say where ``|x|`` lies
+    between its bf16 neighbours (``|x| - lo = low * (hi - lo) / 2^16``, for
+    normal and subnormal values alike), so adding ``0xFFFF - bits`` and
+    truncating to the top 16 bits rounds up exactly when ``bits < low``, that
+    is when ``u * (hi - lo) < |x| - lo`` with ``u = bits / 2^16``; the carry
+    runs into the exponent where ``hi`` is the next binade (and into infinity
+    above bf16's largest finite value). NaN stays NaN.
     """
-    a = x.abs()
-    b = a.to(torch.bfloat16).to(torch.float32)
-    above = (b * 1.0048828125).to(torch.bfloat16).to(torch.float32)
-    below = (b * 0.9951171875).to(torch.bfloat16).to(torch.float32)
-    exact_or_below = b <= a
-    lo = torch.where(exact_or_below, b, below)
-    hi = torch.where(exact_or_below, above, b)
-    rounded = torch.where(u * (hi - lo) < a - lo, hi, lo)
-    return torch.where(x < 0, -rounded, rounded).to(torch.bfloat16)
+    rounded = ((x.view(torch.int32) + (0xFFFF - bits)) & -65536).view(torch.float32)
+    return torch.where(x != x, x, rounded).to(torch.bfloat16)  # x != x: NaN (isnan is scalarised)
 
 
 def _quantize_blocks(x: Tensor, u: Tensor, kind: str) -> tuple[Tensor, Tensor]:
@@ -256,7 +257,7 @@ def encode_into(
     """Round ``value`` into the stored ``codes`` (and ``absmax``), with one seed per part."""
     flat_value = value.reshape(-1).to(torch.float32)
     if fmt == "bfloat16":
-        codes.copy_(round_bf16(flat_value, uniform(flat_value, seeds[0])).view(codes.shape))
+        codes.copy_(round_bf16(flat_value, random16(flat_value, seeds[0])).view(codes.shape))
         return
     flat_codes = codes.view(-1)
     for (start, stop), part_seed in zip(parts(codes.numel()), seeds, strict=False):
@@ -355,11 +356,10 @@ def kernel_store(
 ) -> None:
     """Round the new ``value`` of a moment's part into its storage (see :func:`kernel_decode`)."""
     value = value.to(torch.float32)
-    u = uniform(value, seed_value)
     if fmt == "bfloat16":
-        codes.copy_(round_bf16(value, u))
+        codes.copy_(round_bf16(value, random16(value, seed_value)))
         return
-    new_codes, new_absmax = _quantize_blocks(value, u, kind)
+    new_codes, new_absmax = _quantize_blocks(value, uniform(value, seed_value), kind)
     codes.copy_(new_codes)
     absmax.copy_(new_absmax)
 
