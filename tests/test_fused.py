@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from _registry_grid import first_name_per_class
-from optlab.optim import _fused
+from optlab.optim import _fused, _inductor
 from optlab.optim.registry import get_spec, optimizer_class
 
 #: Every optimizer class of the registry, once (aliases such as nag share SGD's kernels).
@@ -618,3 +618,43 @@ def test_a_damaged_record_is_not_used(damage):
         assert damaged._runner is None
     finally:
         record_path.write_text(original)
+
+
+def _module_call(allocations):
+    """A stand-in for a generated module's ``call``: two buffers per call, in its globals."""
+    namespace = {
+        "empty_strided_cpu": lambda size, stride, dtype: (
+            allocations.append(size) or torch.empty_strided(size, stride, dtype=dtype)
+        ),
+        "torch": torch,
+    }
+    source = (
+        "def call(args):\n"
+        "    (n,) = args\n"
+        "    a = empty_strided_cpu((n, 4), (4, 1), torch.float32)\n"
+        "    b = empty_strided_cpu((n, 1), (1, 1), torch.float32)\n"
+        "    a.fill_(1.0); b.fill_(2.0)\n"
+        "    return a.data_ptr(), b.data_ptr(), a.shape, b.shape\n"
+    )
+    exec(compile(source, "<generated>", "exec"), namespace)  # noqa: S102
+    return namespace["call"]
+
+
+def test_reused_buffers_are_kept_per_thread_and_grow_when_a_call_needs_more():
+    allocations = []
+    call = _module_call(allocations)
+    reused = _inductor.reuse_buffers(call)
+    first = reused([3])
+    assert first[2:] == ((3, 4), (3, 1)) and first[0] != first[1]
+    assert reused([3])[:2] == first[:2] and reused([2])[:2] == first[:2]  # kept, smaller fits
+    assert len(allocations) == 2
+    bigger = reused([5])
+    assert bigger[2:] == ((5, 4), (5, 1)) and len(allocations) == 4  # grown
+    assert reused([5])[:2] == bigger[:2] and len(allocations) == 4
+    call([3])  # not through reuse_buffers: allocates as the module would
+    assert allocations[-2:] == [(3, 4), (3, 1)]
+    other = []
+    thread = threading.Thread(target=lambda: other.append(reused([5])))
+    thread.start()
+    thread.join()
+    assert len(allocations) == 8 and set(other[0][:2]).isdisjoint(bigger[:2])

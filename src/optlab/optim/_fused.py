@@ -797,7 +797,8 @@ class _Kernel:
             self._runner = through_dynamo
             return self._runner
         scalars_index = len(self.names) - 1
-        self._runner = _inductor.wrapper_runner(self._direct, self._plan, scalars_index, self._flat)
+        wrapper = _inductor.reuse_buffers(self._direct) if self._on_cpu else self._direct
+        self._runner = _inductor.wrapper_runner(wrapper, self._plan, scalars_index, self._flat)
         return self._runner
 
 
