@@ -589,6 +589,23 @@ def test_every_step_matches_the_reference(case, implementation, fmt):
     run_checked(case, fmt, implementation)
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_the_seeds_of_many_parameters_at_once_are_the_reference_seeds(fmt):
+    """The vectorised seeds (numpy uint64) are splitmix64's, as the reference computes them
+    with Python ints: one per bf16 moment, one per int8 part (full blocks, then a tail)."""
+    rng = np.random.default_rng(7)
+    numels = [int(n) for n in rng.choice([1, 255, 256, 257, 300, 512, 1030, 4096], 400)]
+    positions = [int(p) for p in rng.integers(0, 1 << 20, 400)]
+    steps = [int(s) for s in rng.integers(0, 1 << 40, 400)]
+    for slot in (0, 1, 2):
+        got = _lowp.seeds_of(fmt, numels, positions, steps, slot)
+        want = []
+        for numel, position, step in zip(numels, positions, steps, strict=True):
+            count = 1 if fmt == "bfloat16" else len(_lowp.parts(numel))
+            want.append(tuple(ref.seed(position, step, slot, part) for part in range(count)))
+        assert got == want
+
+
 def test_the_grid_covers_every_optimizer_that_takes_state_dtype():
     takes = {
         name

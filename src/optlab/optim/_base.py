@@ -531,10 +531,13 @@ class OptlabOptimizer(Optimizer):
     ) -> _lowp.CompactStates:
         fmt, kind = self._state_format(group), self.moment_kinds[key]
         positions, slot = self._positions(), keys.index(key)
-        seeds = [
-            _lowp.part_seeds(fmt, param.numel(), positions[param], step, slot)
-            for param, step in zip(params, rounding_steps, strict=True)
-        ]
+        seeds = _lowp.seeds_of(
+            fmt,
+            [param.numel() for param in params],
+            [positions[param] for param in params],
+            rounding_steps,
+            slot,
+        )
         absmax = None
         if fmt == "int8":
             absmax = [state[_lowp.absmax_key(key)] for state in states]

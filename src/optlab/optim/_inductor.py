@@ -267,18 +267,21 @@ def reuse_buffers(wrapper: Callable[[list[Any]], Any]) -> Callable[[list[Any]], 
                 return allocate(size, stride, dtype)
             index = state.index
             state.index += 1
+            request = (size, stride, dtype)
+            if index < len(pool) and pool[index][1] == request:
+                return pool[index][2]  # the same view as last call (the usual case)
             extent = (
                 1 + sum((n - 1) * s for n, s in zip(size, stride, strict=True)) if all(size) else 0
             )
-            if index < len(pool) and pool[index].dtype == dtype and pool[index].numel() >= extent:
-                base = pool[index]
-            else:
+            base = pool[index][0] if index < len(pool) else None
+            if base is None or base.dtype != dtype or base.numel() < extent:
                 base = allocate((max(extent, 1),), (1,), dtype)
-                if index < len(pool):
-                    pool[index] = base
-                else:
-                    pool.append(base)
-            return base.as_strided(size, stride)
+            entry = (base, request, base.as_strided(size, stride))
+            if index < len(pool):
+                pool[index] = entry
+            else:
+                pool.append(entry)
+            return entry[2]
 
         module_globals["empty_strided_cpu"] = kept
 

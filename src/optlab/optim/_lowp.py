@@ -64,6 +64,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -335,6 +336,44 @@ def part_seeds(fmt: str, numel: int, position: int, step: int, slot: int) -> tup
     """The seeds of a moment's parts (one for bf16; one per int8 part)."""
     count = 1 if fmt == "bfloat16" else max(len(parts(numel)), 1)
     return tuple(seed(position, step, slot, part) for part in range(count))
+
+
+_MIX = np.array(
+    [0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0xD6E8FEB86659FD93],
+    dtype=np.uint64,
+)
+
+
+def seeds_of(
+    fmt: str, numels: Sequence[int], positions: Sequence[int], steps: Sequence[int], slot: int
+) -> list[tuple[int, ...]]:
+    """:func:`part_seeds` of many parameters at once (numpy: uint64 arithmetic wraps as
+    the mask does), one tuple per parameter: a compact step needs one per parameter and
+    moment, about 1 us each through :func:`seed`."""
+    count = len(numels)
+    if count == 0:
+        return []
+    position = np.asarray(positions, dtype=np.uint64)
+    step = np.asarray(steps, dtype=np.uint64)
+    columns = []
+    with np.errstate(over="ignore"):  # wrapping modulo 2^64 is the point
+        base = position * _MIX[0] + step * _MIX[1] + np.uint64(slot) * _MIX[2]
+        for part in range(1 if fmt == "bfloat16" else 2):
+            z = base + np.uint64(part) * _MIX[3]
+            z ^= z >> np.uint64(30)
+            z *= _MIX[1]
+            z ^= z >> np.uint64(27)
+            z *= _MIX[2]
+            z ^= z >> np.uint64(31)
+            columns.append((z & np.uint64(0x7FFFFFFF)).tolist())
+    if fmt == "bfloat16":
+        return [(value,) for value in columns[0]]
+    first, second = columns
+    # Two parts (full blocks and a tail) only where both are present.
+    return [
+        (a, b) if numel > BLOCK and numel % BLOCK else (a,)
+        for a, b, numel in zip(first, second, numels, strict=True)
+    ]
 
 
 # --------------------------------------------------------------------------
