@@ -558,7 +558,7 @@ class _Kernel:
         scratch = self._scratch([(size,) for size in self._sizes(0)], num_scalars, seed=0)
         try:
             compiled = _inductor.compile_function(
-                self.function, self.names, scratch, _options(self.layout)
+                self.function, self.names, scratch, _options(self.layout), wide=bool(self.layout)
             )
         except Exception as error:
             raise FusedCompileError(
