@@ -38,10 +38,13 @@ def lowbias32(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def uniforms(count: int, seed_value: int) -> np.ndarray:
-    """``u_i = (lowbias32(i XOR seed) & 0xFFFF) / 65536`` for ``i = 0 .. count-1`` (float64)."""
+def uniforms(count: int, seed_value: int, half: int = 0) -> np.ndarray:
+    """``u_i = ((lowbias32(i XOR seed) >> 16 * half) & 0xFFFF) / 65536`` for ``i = 0 ..
+    count-1`` (float64): a moment in slot ``k`` takes ``half = k % 2`` of the hash seeded
+    for ``k // 2``."""
     index = np.arange(count, dtype=_U32)
-    return (lowbias32(index ^ _U32(seed_value)) & _U32(0xFFFF)).astype(np.float64) / 65536.0
+    bits = lowbias32(index ^ _U32(seed_value)) >> _U32(16 * half)
+    return (bits & _U32(0xFFFF)).astype(np.float64) / 65536.0
 
 
 def _splitmix64_finalizer(z: int) -> int:
@@ -129,7 +132,9 @@ def _levels(kind: str) -> int:
     return 127 if kind == "signed" else 255
 
 
-def encode_int8(values: np.ndarray, kind: str, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def encode_int8(
+    values: np.ndarray, kind: str, seeds: list[int], half: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Blockwise codes (int64 array) and absmax (float64, one per block) of flat ``values``.
 
     signed: ``A = max |x|``, ``code = clip(floor(x * 127 / A + u), -127, 127)``;
@@ -143,7 +148,7 @@ def encode_int8(values: np.ndarray, kind: str, seeds: list[int]) -> tuple[np.nda
     levels = _levels(kind)
     for (start, stop), part_seed in zip(parts(x.size), seeds, strict=True):
         width = BLOCK if (stop - start) % BLOCK == 0 else stop - start
-        u = uniforms(stop - start, part_seed).reshape(-1, width)
+        u = uniforms(stop - start, part_seed, half).reshape(-1, width)
         block = x[start:stop].reshape(-1, width)
         coded = block if kind == "signed" else np.sqrt(np.maximum(block, 0.0))
         peak = np.abs(coded).max(axis=1, keepdims=True)
@@ -173,13 +178,22 @@ def decode_int8(codes: np.ndarray, absmax: np.ndarray, kind: str) -> np.ndarray:
 
 
 def encode(
-    fmt: str, kind: str, values: np.ndarray, seeds: list[int]
+    fmt: str, kind: str, values: np.ndarray, seeds: list[int], half: int = 0
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """A moment stored in ``fmt``: bf16 values (float64) and ``None``, or int8 codes and absmax."""
     flat = np.asarray(values, dtype=np.float64).reshape(-1)
     if fmt == "bfloat16":
-        return round_bf16(flat, uniforms(flat.size, seeds[0])), None
-    return encode_int8(flat, kind, seeds)
+        return round_bf16(flat, uniforms(flat.size, seeds[0], half)), None
+    return encode_int8(flat, kind, seeds, half)
+
+
+def moment_encode(
+    fmt: str, kind: str, values: np.ndarray, position: int, step: int, slot: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`encode` of the moment in ``slot`` of the parameter at ``position`` after
+    ``step``: the seeds of ``slot // 2``, half ``slot % 2`` of their hash."""
+    seeds = part_seeds(fmt, np.asarray(values).size, position, step, slot // 2)
+    return encode(fmt, kind, values, seeds, slot % 2)
 
 
 def decode(fmt: str, kind: str, codes: np.ndarray, absmax: np.ndarray | None) -> np.ndarray:

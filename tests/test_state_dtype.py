@@ -393,7 +393,7 @@ def check_step(case, fmt, optimizer, params, step, before_params, before_states,
             kind, slot = kinds[key], slots.index(key)
             initial = np.full(n, np.float32(case.init.get(key, 0.0)), dtype=np.float64)
             # The initial state is rounded at step 0.
-            initial_codes = ref.encode(fmt, kind, initial, ref.part_seeds(fmt, n, i, 0, slot))
+            initial_codes = ref.moment_encode(fmt, kind, initial, i, 0, slot)
             if key in before:
                 old_codes = stored(before, key)
                 if step == 1:  # made before the first step (Adagrad does): check it
@@ -427,8 +427,9 @@ def check_step(case, fmt, optimizer, params, step, before_params, before_states,
         for key in after:
             if key in kinds:
                 check_format(after, key, kinds[key], fmt, param)
-                seeds = ref.part_seeds(fmt, param.numel(), i, step, slots.index(key))
-                expected = ref.encode(fmt, kinds[key], theirs[key].numpy(), seeds)
+                expected = ref.moment_encode(
+                    fmt, kinds[key], theirs[key].numpy(), i, step, slots.index(key)
+                )
                 tally.compare(fmt, stored(after, key), expected, f"{what}: {key}")
             elif key == "z":
                 z_before = before_states[i].get("z", before_params[i]).double()
@@ -572,8 +573,8 @@ def test_a_wrapper_record_with_its_inputs_reordered_is_not_used(swap):
             kernel.arity, kernel.scaled, kernel.layout,
         )  # fmt: skip
 
-    # The scalar vector: the rule's scalars, then a seed per moment per tensor set.
-    num_scalars = kernel.layout.num_scalars + kernel.arity * len(kernel.layout.moments)
+    # The scalar vector: the rule's scalars, then a seed per pair of moments per tensor set.
+    num_scalars = kernel.layout.num_scalars + kernel.arity * len(kernel.layout.pairs)
     try:
         path.write_text(json.dumps(record))
         assert not fresh().load(num_scalars)
@@ -1048,11 +1049,10 @@ def test_set_state_dtype_converts_with_the_seeds_of_the_current_step(name):
                 continue
             check_format(optimizer.state[param], key, kinds[key], fmt, param)
             slot = optimizer._rule_state_keys(optimizer.param_groups[0]).index(key)
-            seeds = ref.part_seeds(fmt, param.numel(), i, steps_of[i], slot)
+            expected = ref.moment_encode(fmt, kinds[key], value, i, steps_of[i], slot)
             tally.compare(
-                fmt, stored(optimizer.state[param], key), ref.encode(fmt, kinds[key], value, seeds),
-                f"param {i} {key} to {fmt}",
-            )  # fmt: skip
+                fmt, stored(optimizer.state[param], key), expected, f"param {i} {key} to {fmt}"
+            )
             close = decoded(optimizer, param, key)
             np.testing.assert_allclose(close, value, rtol=0.02, atol=0.02 * np.abs(value).max())
 

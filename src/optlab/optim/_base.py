@@ -536,12 +536,13 @@ class OptlabOptimizer(Optimizer):
             [param.numel() for param in params],
             [positions[param] for param in params],
             rounding_steps,
-            slot,
+            slot // 2,  # two slots share a seed, each half of its hash
         )
         absmax = None
         if fmt == "int8":
             absmax = [state[_lowp.absmax_key(key)] for state in states]
-        return _lowp.CompactStates([state[key] for state in states], fmt, kind, absmax, seeds)
+        codes = [state[key] for state in states]
+        return _lowp.CompactStates(codes, fmt, kind, absmax, seeds, slot)
 
     def _rounding_step(self, group: Mapping[str, Any], state: Mapping[str, Any]) -> int:
         """The step count a parameter's rounding seeds use: its ``step``, or for an
@@ -564,8 +565,8 @@ class OptlabOptimizer(Optimizer):
             if not isinstance(value, Tensor) or self._stored_as(param, state, key, fmt) == fmt:
                 continue
             slot = keys.index(key) if key in keys else 0
-            seeds = _lowp.part_seeds(fmt, value.numel(), position, 0, slot)
-            codes, absmax = _lowp.compress(fmt, kind, value.float(), seeds)
+            seeds = _lowp.part_seeds(fmt, value.numel(), position, 0, slot // 2)
+            codes, absmax = _lowp.compress(fmt, kind, value.float(), seeds, slot % 2)
             state[key] = codes
             if absmax is not None:
                 state[_lowp.absmax_key(key)] = absmax
@@ -1103,8 +1104,8 @@ class OptlabOptimizer(Optimizer):
                 new[key] = value.to(self._state_dtype(param))
                 continue
             slot = keys.index(key) if key in keys else 0
-            seeds = _lowp.part_seeds(fmt, value.numel(), position, step, slot)
-            codes, new_absmax = _lowp.compress(fmt, kind, value.float(), seeds)
+            seeds = _lowp.part_seeds(fmt, value.numel(), position, step, slot // 2)
+            codes, new_absmax = _lowp.compress(fmt, kind, value.float(), seeds, slot % 2)
             new[key] = codes
             if new_absmax is not None:
                 new[_lowp.absmax_key(key)] = new_absmax

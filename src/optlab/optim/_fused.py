@@ -374,7 +374,7 @@ def _bucket_function(
             if entry is None:
                 arguments.append(layout.view(name) if layout else name)
                 continue
-            fmt, kind = entry
+            fmt, kind, state_slot = entry
             absmax = "None"
             if fmt == "int8":
                 absmax = f"a{slot}_{index}"
@@ -387,7 +387,8 @@ def _bucket_function(
                 f"{param}.dtype)"
             )
             stores.append(
-                f"    lowp_store({fmt!r}, {kind!r}, {value}, {layout.view(name)}, {absmax}, {seed})"
+                f"    lowp_store({fmt!r}, {kind!r}, {value}, {layout.view(name)}, {absmax}, {seed}, "
+                f"{state_slot % 2})"
             )
             arguments.append(value)
         scalars = f"scalars[:{layout.num_scalars}]" if layout else "scalars"
@@ -441,7 +442,8 @@ class Layout(tuple):
     """How a kernel's tensor sets store their moments: ``()`` for plain tensors.
 
     ``Layout((compact, part, num_scalars))``: ``compact`` per rule tensor
-    argument ``None`` (plain) or ``(fmt, kind)``; ``part`` is ``"flat"`` (bf16:
+    argument ``None`` (plain) or ``(fmt, kind, slot)`` (``slot``: the moment's
+    index among the rule's state keys, :class:`~optlab.optim._lowp.CompactStates`); ``part`` is ``"flat"`` (bf16:
     1-D sets), ``"blocks"`` (int8: sets whose size is a multiple of
     :data:`~optlab.optim._lowp.BLOCK`, viewed as rows of blocks) or
     ``"tail"`` (int8: sets shorter than a block, one row); ``num_scalars`` the
@@ -451,7 +453,7 @@ class Layout(tuple):
     __slots__ = ()
 
     @property
-    def compact(self) -> tuple[tuple[str, str] | None, ...]:
+    def compact(self) -> tuple[tuple[str, str, int] | None, ...]:
         return self[0]
 
     @property
@@ -467,9 +469,15 @@ class Layout(tuple):
         """Rule argument indices of the compact moments."""
         return [index for index, entry in enumerate(self.compact) if entry is not None]
 
+    @property
+    def pairs(self) -> list[int]:
+        """The seeds a tensor set takes: one per pair of slots (``slot // 2``) present."""
+        return sorted({self.compact[index][2] // 2 for index in self.moments})
+
     def seed_index(self, slot: int, index: int) -> int:
-        moments = self.moments
-        return self.num_scalars + slot * len(moments) + moments.index(index)
+        """Where tensor set ``slot``'s seed for rule argument ``index`` is in the scalar vector."""
+        pairs = self.pairs
+        return self.num_scalars + slot * len(pairs) + pairs.index(self.compact[index][2] // 2)
 
     def view(self, name: str) -> str:
         if self.part == "blocks":
@@ -1162,10 +1170,11 @@ def _compact_update(
     params = tensors[0]
     present = tuple(lists is not None for lists in tensors)
     compact = tuple(
-        (lists.fmt, lists.kind) if isinstance(lists, _lowp.CompactStates) else None
+        (lists.fmt, lists.kind, lists.slot) if isinstance(lists, _lowp.CompactStates) else None
         for lists in tensors
     )
     moments = [index for index, entry in enumerate(compact) if entry is not None]
+    pairs = len({compact[index][2] // 2 for index in moments})  # seeds per tensor set
     blocked = any(compact[index][0] == "int8" for index in moments)
     # Runs of parameters sharing a device, a dtype and a scalar key.
     runs: dict[tuple[Any, ...], list[int]] = {}
@@ -1182,7 +1191,7 @@ def _compact_update(
             if (device, dtype, part) not in kernels:
                 kernels[device, dtype, part] = _kernel(
                     rule, flags, present, device, dtype,
-                    len(values[key]) + BUCKET_SIZE * len(moments), False, layout,
+                    len(values[key]) + BUCKET_SIZE * pairs, False, layout,
                 )  # fmt: skip
     for (device, dtype, key), indices in runs.items():
         vector = values[key]
@@ -1196,7 +1205,7 @@ def _compact_update(
             _split_sets(tensors, index, blocked, sets)
         for part, part_sets in sets.items():
             if part_sets:
-                _run_sets(kernels[device, dtype, part], part_sets, vector, len(moments))
+                _run_sets(kernels[device, dtype, part], part_sets, vector, pairs)
 
 
 def _split_sets(
@@ -1216,7 +1225,7 @@ def _split_sets(
     if numel == 0:
         return
     for part_index, (start, stop) in enumerate(_lowp.parts(numel) if blocked else [(0, numel)]):
-        members, seeds = [], []
+        members, seeds = [], {}
         whole = stop - start == numel
         for lists in tensors:
             if lists is None:
@@ -1229,7 +1238,7 @@ def _split_sets(
                     tensor = tensor[start:stop]
             members.append(tensor)
             if isinstance(lists, _lowp.CompactStates):
-                seeds.append(lists.seeds[index][part_index])
+                seeds[lists.slot // 2] = lists.seeds[index][part_index]  # one per pair
                 if lists.absmax is not None:
                     blocks = lists.absmax[index]
                     if not whole:
@@ -1239,14 +1248,14 @@ def _split_sets(
             part = "flat"
         else:
             part = "blocks" if (stop - start) % _lowp.BLOCK == 0 else "tail"
-        sets[part].append((members, seeds))
+        sets[part].append((members, [seeds[pair] for pair in sorted(seeds)]))
 
 
 def _run_sets(
     kernel: _Kernel,
     sets: list[tuple[list[Tensor], list[int]]],
     vector: list[float],
-    moments: int,
+    seeds_per_set: int,
 ) -> None:
     runner, arity = kernel.runner(), kernel.arity
     for start in range(0, len(sets), arity):
@@ -1256,5 +1265,5 @@ def _run_sets(
         missing = arity - len(bucket)
         if missing:
             flat += kernel.padding[: missing * kernel.width]
-            seeds += [0.0] * (missing * moments)
+            seeds += [0.0] * (missing * seeds_per_set)
         runner(flat, kernel.scalar_vector(vector + seeds))

@@ -47,12 +47,14 @@ absmax is a reduction, which Inductor's CPU code makes a second pass over
 the codes and the gradient).
 
 Random bits are reproducible: element ``i`` (its flat index within its
-*part*, see below) of a moment with seed ``s`` gets ``u = (hash32(i XOR s) &
+*part*, see below) of the moment in slot ``k`` (its index in the rule's state
+keys) with seed ``s`` gets ``u = ((hash32(i XOR s) >> (16 * (k % 2))) &
 0xFFFF) / 65536``, ``hash32`` being the "lowbias32" integer hash
-(:func:`hash32`), and ``s`` is :func:`seed` of the parameter's position in
+(:func:`hash32`): two moments share one hash, the low and the high 16 bits.
+``s`` is :func:`seed` of the parameter's position in
 the optimizer (over all groups, in order), its step count (after this step's
 increment; for an optimizer that keeps none, Lion and Schedule-Free, its
-group's ``rounding_step``, counted per step and saved with the group), the moment's slot (its index in the rule's state keys) and the
+group's ``rounding_step``, counted per step and saved with the group), ``k // 2`` (the pair of slots) and the
 part (0; for int8 the parts of the flattened moment are its full blocks
 and a shorter last block, numbered in that order from 0 among those present,
 and the indices restart at 0 in each). So a run resumed from a
@@ -149,15 +151,22 @@ def hash32(x: Tensor) -> Tensor:
     return x ^ ((x >> 16) & 0xFFFF)
 
 
-def random16(like: Tensor, seed_value: Tensor | int) -> Tensor:
-    """int32 random bits in [0, 2^16), one per element of ``like`` (flat order)."""
+def random16(like: Tensor, seed_value: Tensor | int, half: int = 0) -> Tensor:
+    """int32 random bits in [0, 2^16), one per element of ``like`` (flat order): the low
+    (``half`` 0) or high (``half`` 1) 16 bits of ``hash32(index XOR seed)``.
+
+    Two moments of a parameter share one hash (one seed), a half each: in a
+    fused kernel the hash is computed once per element (one hash per moment
+    made a bf16 Adam step 2.6x slower on 2 cores, register spills included).
+    """
     index = torch.arange(like.numel(), device=like.device, dtype=torch.int32).view(like.shape)
-    return hash32(index ^ seed_value) & 0xFFFF
+    bits = hash32(index ^ seed_value)
+    return (bits >> 16) & 0xFFFF if half else bits & 0xFFFF
 
 
-def uniform(like: Tensor, seed_value: Tensor | int) -> Tensor:
+def uniform(like: Tensor, seed_value: Tensor | int, half: int = 0) -> Tensor:
     """float32 ``u`` in [0, 1), multiples of 2^-16: :func:`random16` times 2^-16."""
-    return random16(like, seed_value).to(torch.float32) * 1.52587890625e-05
+    return random16(like, seed_value, half).to(torch.float32) * 1.52587890625e-05
 
 
 _MASK64 = (1 << 64) - 1
@@ -253,17 +262,25 @@ def decode(fmt: str, kind: str, codes: Tensor, absmax: Tensor | None, dtype: tor
 
 
 def encode_into(
-    fmt: str, kind: str, value: Tensor, codes: Tensor, absmax: Tensor | None, seeds: Sequence[int]
+    fmt: str,
+    kind: str,
+    value: Tensor,
+    codes: Tensor,
+    absmax: Tensor | None,
+    seeds: Sequence[int],
+    half: int = 0,
 ) -> None:
-    """Round ``value`` into the stored ``codes`` (and ``absmax``), with one seed per part."""
+    """Round ``value`` into the stored ``codes`` (and ``absmax``), with one seed per part
+    and the ``half`` of its hash the moment uses (:func:`random16`)."""
     flat_value = value.reshape(-1).to(torch.float32)
     if fmt == "bfloat16":
-        codes.copy_(round_bf16(flat_value, random16(flat_value, seeds[0])).view(codes.shape))
+        bits = random16(flat_value, seeds[0], half)
+        codes.copy_(round_bf16(flat_value, bits).view(codes.shape))
         return
     flat_codes = codes.view(-1)
     for (start, stop), part_seed in zip(parts(codes.numel()), seeds, strict=False):
         block = _block_view(flat_value, start, stop)
-        new_codes, new_absmax = _quantize_blocks(block, uniform(block, part_seed), kind)
+        new_codes, new_absmax = _quantize_blocks(block, uniform(block, part_seed, half), kind)
         flat_codes[start:stop] = new_codes.reshape(-1)
         absmax[start // BLOCK : -(-stop // BLOCK)] = new_absmax
 
@@ -281,11 +298,11 @@ def empty_state(fmt: str, kind: str, param: Tensor) -> tuple[Tensor, Tensor | No
 
 
 def compress(
-    fmt: str, kind: str, value: Tensor, seeds: Sequence[int]
+    fmt: str, kind: str, value: Tensor, seeds: Sequence[int], half: int = 0
 ) -> tuple[Tensor, Tensor | None]:
     """``value`` (a full-precision moment) stored in ``fmt``: codes and absmax (int8 only)."""
     codes, absmax = empty_state(fmt, kind, value)
-    encode_into(fmt, kind, value, codes, absmax, seeds)
+    encode_into(fmt, kind, value, codes, absmax, seeds, half)
     return codes, absmax
 
 
@@ -307,10 +324,12 @@ class CompactStates(list):
     What the optimizer base class hands the fused kernel and the eager forms
     instead of a plain list of state tensors: the list holds the codes
     (bf16 tensors, or int8/uint8 codes), ``absmax`` the int8 blocks'
-    scales, ``seeds[i]`` the per-part rounding seeds of parameter ``i``.
+    scales, ``seeds[i]`` the per-part rounding seeds of parameter ``i``, ``slot``
+    the moment's index among the rule's state keys (its seed is that of
+    ``slot // 2``, its random bits half ``slot % 2`` of the hash).
     """
 
-    __slots__ = ("absmax", "fmt", "kind", "seeds")
+    __slots__ = ("absmax", "fmt", "kind", "seeds", "slot")
 
     def __init__(
         self,
@@ -319,9 +338,11 @@ class CompactStates(list):
         kind: str,
         absmax: list[Tensor] | None,
         seeds: list[tuple[int, ...]],
+        slot: int = 0,
     ) -> None:
         super().__init__(codes)
         self.fmt, self.kind, self.absmax, self.seeds = fmt, kind, absmax, seeds
+        self.slot = slot
 
     def decoded(self, index: int, dtype: torch.dtype) -> Tensor:
         absmax = None if self.absmax is None else self.absmax[index]
@@ -329,7 +350,9 @@ class CompactStates(list):
 
     def store(self, index: int, value: Tensor) -> None:
         absmax = None if self.absmax is None else self.absmax[index]
-        encode_into(self.fmt, self.kind, value, self[index], absmax, self.seeds[index])
+        encode_into(
+            self.fmt, self.kind, value, self[index], absmax, self.seeds[index], self.slot % 2
+        )
 
 
 def part_seeds(fmt: str, numel: int, position: int, step: int, slot: int) -> tuple[int, ...]:
@@ -391,14 +414,20 @@ def kernel_decode(
 
 
 def kernel_store(
-    fmt: str, kind: str, value: Tensor, codes: Tensor, absmax: Tensor | None, seed_value: Tensor
+    fmt: str,
+    kind: str,
+    value: Tensor,
+    codes: Tensor,
+    absmax: Tensor | None,
+    seed_value: Tensor,
+    half: int = 0,
 ) -> None:
     """Round the new ``value`` of a moment's part into its storage (see :func:`kernel_decode`)."""
     value = value.to(torch.float32)
     if fmt == "bfloat16":
-        codes.copy_(round_bf16(value, random16(value, seed_value)))
+        codes.copy_(round_bf16(value, random16(value, seed_value, half)))
         return
-    new_codes, new_absmax = _quantize_blocks(value, uniform(value, seed_value), kind)
+    new_codes, new_absmax = _quantize_blocks(value, uniform(value, seed_value, half), kind)
     codes.copy_(new_codes)
     absmax.copy_(new_absmax)
 
