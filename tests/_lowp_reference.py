@@ -191,9 +191,11 @@ def moment_encode(
     fmt: str, kind: str, values: np.ndarray, position: int, step: int, slot: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`encode` of the moment in ``slot`` of the parameter at ``position`` after
-    ``step``: the seeds of ``slot // 2``, half ``slot % 2`` of their hash."""
-    seeds = part_seeds(fmt, np.asarray(values).size, position, step, slot // 2)
-    return encode(fmt, kind, values, seeds, slot % 2)
+    ``step``. bf16: the seeds of ``slot // 2``, half ``slot % 2`` of their hash (two
+    moments share a hash); int8: the seeds of ``slot``, the low half."""
+    pair, half = (slot // 2, slot % 2) if fmt == "bfloat16" else (slot, 0)
+    seeds = part_seeds(fmt, np.asarray(values).size, position, step, pair)
+    return encode(fmt, kind, values, seeds, half)
 
 
 def decode(fmt: str, kind: str, codes: np.ndarray, absmax: np.ndarray | None) -> np.ndarray:

@@ -536,7 +536,7 @@ class OptlabOptimizer(Optimizer):
             [param.numel() for param in params],
             [positions[param] for param in params],
             rounding_steps,
-            slot // 2,  # two slots share a seed, each half of its hash
+            _lowp.seed_slot(fmt, slot),  # bf16: two slots share a seed, a half of its hash each
         )
         absmax = None
         if fmt == "int8":
@@ -565,8 +565,9 @@ class OptlabOptimizer(Optimizer):
             if not isinstance(value, Tensor) or self._stored_as(param, state, key, fmt) == fmt:
                 continue
             slot = keys.index(key) if key in keys else 0
-            seeds = _lowp.part_seeds(fmt, value.numel(), position, 0, slot // 2)
-            codes, absmax = _lowp.compress(fmt, kind, value.float(), seeds, slot % 2)
+            seeds = _lowp.part_seeds(fmt, value.numel(), position, 0, _lowp.seed_slot(fmt, slot))
+            half = _lowp.hash_half(fmt, slot)
+            codes, absmax = _lowp.compress(fmt, kind, value.float(), seeds, half)
             state[key] = codes
             if absmax is not None:
                 state[_lowp.absmax_key(key)] = absmax
@@ -1104,8 +1105,9 @@ class OptlabOptimizer(Optimizer):
                 new[key] = value.to(self._state_dtype(param))
                 continue
             slot = keys.index(key) if key in keys else 0
-            seeds = _lowp.part_seeds(fmt, value.numel(), position, step, slot // 2)
-            codes, new_absmax = _lowp.compress(fmt, kind, value.float(), seeds, slot % 2)
+            seeds = _lowp.part_seeds(fmt, value.numel(), position, step, _lowp.seed_slot(fmt, slot))
+            half = _lowp.hash_half(fmt, slot)
+            codes, new_absmax = _lowp.compress(fmt, kind, value.float(), seeds, half)
             new[key] = codes
             if new_absmax is not None:
                 new[_lowp.absmax_key(key)] = new_absmax

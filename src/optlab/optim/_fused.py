@@ -388,7 +388,7 @@ def _bucket_function(
             )
             stores.append(
                 f"    lowp_store({fmt!r}, {kind!r}, {value}, {layout.view(name)}, {absmax}, {seed}, "
-                f"{state_slot % 2})"
+                f"{_lowp.hash_half(fmt, state_slot)})"
             )
             arguments.append(value)
         scalars = f"scalars[:{layout.num_scalars}]" if layout else "scalars"
@@ -471,13 +471,14 @@ class Layout(tuple):
 
     @property
     def pairs(self) -> list[int]:
-        """The seeds a tensor set takes: one per pair of slots (``slot // 2``) present."""
-        return sorted({self.compact[index][2] // 2 for index in self.moments})
+        """The seeds a tensor set takes: one per :func:`~optlab.optim._lowp.seed_slot` present."""
+        return sorted({_lowp.seed_slot(*self.compact[index][::2]) for index in self.moments})
 
     def seed_index(self, slot: int, index: int) -> int:
         """Where tensor set ``slot``'s seed for rule argument ``index`` is in the scalar vector."""
         pairs = self.pairs
-        return self.num_scalars + slot * len(pairs) + pairs.index(self.compact[index][2] // 2)
+        own = _lowp.seed_slot(*self.compact[index][::2])
+        return self.num_scalars + slot * len(pairs) + pairs.index(own)
 
     def view(self, name: str) -> str:
         if self.part == "blocks":
@@ -1174,7 +1175,7 @@ def _compact_update(
         for lists in tensors
     )
     moments = [index for index, entry in enumerate(compact) if entry is not None]
-    pairs = len({compact[index][2] // 2 for index in moments})  # seeds per tensor set
+    pairs = len({_lowp.seed_slot(*compact[index][::2]) for index in moments})  # seeds a set
     blocked = any(compact[index][0] == "int8" for index in moments)
     # Runs of parameters sharing a device, a dtype and a scalar key.
     runs: dict[tuple[Any, ...], list[int]] = {}
@@ -1238,7 +1239,7 @@ def _split_sets(
                     tensor = tensor[start:stop]
             members.append(tensor)
             if isinstance(lists, _lowp.CompactStates):
-                seeds[lists.slot // 2] = lists.seeds[index][part_index]  # one per pair
+                seeds[_lowp.seed_slot(lists.fmt, lists.slot)] = lists.seeds[index][part_index]
                 if lists.absmax is not None:
                     blocks = lists.absmax[index]
                     if not whole:

@@ -50,7 +50,8 @@ Random bits are reproducible: element ``i`` (its flat index within its
 *part*, see below) of the moment in slot ``k`` (its index in the rule's state
 keys) with seed ``s`` gets ``u = ((hash32(i XOR s) >> (16 * (k % 2))) &
 0xFFFF) / 65536``, ``hash32`` being the "lowbias32" integer hash
-(:func:`hash32`): two moments share one hash, the low and the high 16 bits.
+(:func:`hash32`): two bf16 moments share one hash, the low and the high 16
+bits (int8 moments: ``k % 2`` and ``k // 2`` read as 0 and ``k``, each its own hash).
 ``s`` is :func:`seed` of the parameter's position in
 the optimizer (over all groups, in order), its step count (after this step's
 increment; for an optimizer that keeps none, Lion and Schedule-Free, its
@@ -127,6 +128,18 @@ def parse_state_dtype(value: Any) -> str | None:
 def absmax_key(key: str) -> str:
     """The state key of an int8 moment's per-block absmax."""
     return f"{key}_absmax"
+
+
+def seed_slot(fmt: str, slot: int) -> int:
+    """The slot argument of :func:`seed` for the moment in ``slot``: bf16 moments pair up
+    (``slot // 2``: one hash serves two moments, a half each), int8 ones do not (their
+    blocks are rounded in separate loops, where a shared hash would be kept in memory)."""
+    return slot // 2 if fmt == "bfloat16" else slot
+
+
+def hash_half(fmt: str, slot: int) -> int:
+    """Which 16 bits of the hash the moment in ``slot`` takes (:func:`random16`)."""
+    return slot % 2 if fmt == "bfloat16" else 0
 
 
 # --------------------------------------------------------------------------
@@ -325,8 +338,8 @@ class CompactStates(list):
     instead of a plain list of state tensors: the list holds the codes
     (bf16 tensors, or int8/uint8 codes), ``absmax`` the int8 blocks'
     scales, ``seeds[i]`` the per-part rounding seeds of parameter ``i``, ``slot``
-    the moment's index among the rule's state keys (its seed is that of
-    ``slot // 2``, its random bits half ``slot % 2`` of the hash).
+    the moment's index among the rule's state keys (:func:`seed_slot`,
+    :func:`hash_half`).
     """
 
     __slots__ = ("absmax", "fmt", "kind", "seeds", "slot")
@@ -351,7 +364,13 @@ class CompactStates(list):
     def store(self, index: int, value: Tensor) -> None:
         absmax = None if self.absmax is None else self.absmax[index]
         encode_into(
-            self.fmt, self.kind, value, self[index], absmax, self.seeds[index], self.slot % 2
+            self.fmt,
+            self.kind,
+            value,
+            self[index],
+            absmax,
+            self.seeds[index],
+            hash_half(self.fmt, self.slot),
         )
 
 
