@@ -573,8 +573,8 @@ def test_a_wrapper_record_with_its_inputs_reordered_is_not_used(swap):
             kernel.arity, kernel.scaled, kernel.layout,
         )  # fmt: skip
 
-    # The scalar vector: the rule's scalars, then a seed per pair of moments per tensor set.
-    num_scalars = kernel.layout.num_scalars + kernel.arity * len(kernel.layout.pairs)
+    # The scalar vector: the rule's scalars, then each tensor set's seeds.
+    num_scalars = kernel.layout.num_scalars + kernel.arity * len(kernel.layout.seed_slots)
     try:
         path.write_text(json.dumps(record))
         assert not fresh().load(num_scalars)

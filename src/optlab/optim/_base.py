@@ -565,9 +565,7 @@ class OptlabOptimizer(Optimizer):
             if not isinstance(value, Tensor) or self._stored_as(param, state, key, fmt) == fmt:
                 continue
             slot = keys.index(key) if key in keys else 0
-            seeds = _lowp.part_seeds(fmt, value.numel(), position, 0, _lowp.seed_slot(fmt, slot))
-            half = _lowp.hash_half(fmt, slot)
-            codes, absmax = _lowp.compress(fmt, kind, value.float(), seeds, half)
+            codes, absmax = _lowp.compress_moment(fmt, kind, value, position, 0, slot)
             state[key] = codes
             if absmax is not None:
                 state[_lowp.absmax_key(key)] = absmax
@@ -1105,9 +1103,7 @@ class OptlabOptimizer(Optimizer):
                 new[key] = value.to(self._state_dtype(param))
                 continue
             slot = keys.index(key) if key in keys else 0
-            seeds = _lowp.part_seeds(fmt, value.numel(), position, step, _lowp.seed_slot(fmt, slot))
-            half = _lowp.hash_half(fmt, slot)
-            codes, new_absmax = _lowp.compress(fmt, kind, value.float(), seeds, half)
+            codes, new_absmax = _lowp.compress_moment(fmt, kind, value, position, step, slot)
             new[key] = codes
             if new_absmax is not None:
                 new[_lowp.absmax_key(key)] = new_absmax

@@ -443,7 +443,7 @@ class Layout(tuple):
 
     ``Layout((compact, part, num_scalars))``: ``compact`` per rule tensor
     argument ``None`` (plain) or ``(fmt, kind, slot)`` (``slot``: the moment's
-    index among the rule's state keys, :class:`~optlab.optim._lowp.CompactStates`); ``part`` is ``"flat"`` (bf16:
+    index among the rule's state keys, as in :class:`~optlab.optim._lowp.CompactStates`); ``part`` is ``"flat"`` (bf16:
     1-D sets), ``"blocks"`` (int8: sets whose size is a multiple of
     :data:`~optlab.optim._lowp.BLOCK`, viewed as rows of blocks) or
     ``"tail"`` (int8: sets shorter than a block, one row); ``num_scalars`` the
@@ -470,15 +470,16 @@ class Layout(tuple):
         return [index for index, entry in enumerate(self.compact) if entry is not None]
 
     @property
-    def pairs(self) -> list[int]:
-        """The seeds a tensor set takes: one per :func:`~optlab.optim._lowp.seed_slot` present."""
-        return sorted({_lowp.seed_slot(*self.compact[index][::2]) for index in self.moments})
+    def seed_slots(self) -> list[int]:
+        """The seeds a tensor set takes, in order (:func:`_seed_slots`)."""
+        return _seed_slots(self.compact)
 
     def seed_index(self, slot: int, index: int) -> int:
         """Where tensor set ``slot``'s seed for rule argument ``index`` is in the scalar vector."""
-        pairs = self.pairs
-        own = _lowp.seed_slot(*self.compact[index][::2])
-        return self.num_scalars + slot * len(pairs) + pairs.index(own)
+        seed_slots = self.seed_slots
+        fmt, _, state_slot = self.compact[index]
+        own = seed_slots.index(_lowp.seed_slot(fmt, state_slot))
+        return self.num_scalars + slot * len(seed_slots) + own
 
     def view(self, name: str) -> str:
         if self.part == "blocks":
@@ -496,6 +497,12 @@ class Layout(tuple):
 
 #: The layout of kernels over plain tensors.
 PLAIN = Layout()
+
+
+def _seed_slots(compact: Sequence[tuple[str, str, int] | None]) -> list[int]:
+    """The seeds one tensor set takes, in order: one per :func:`~optlab.optim._lowp.seed_slot`
+    of its compact moments (two bf16 moments share one)."""
+    return sorted({_lowp.seed_slot(e[0], e[2]) for e in compact if e is not None})
 
 
 class _Kernel:
@@ -598,8 +605,8 @@ class _Kernel:
         """A compact-state kernel run through Dynamo must still agree with the eager rule.
 
         (Plain kernels that fall back to Dynamo are correct by construction; a
-        compact one could round differently, e.g. to nearest where Inductor drops
-        the bf16 round trips, so it is refused rather than run.)
+        compact one could round differently, e.g. if Inductor folded the bit
+        arithmetic of the rounding, so it is refused rather than run.)
         """
         if self.layout and not self._direct_matches_eager(num_scalars):
             raise FusedCompileError(
@@ -1175,7 +1182,7 @@ def _compact_update(
         for lists in tensors
     )
     moments = [index for index, entry in enumerate(compact) if entry is not None]
-    pairs = len({_lowp.seed_slot(*compact[index][::2]) for index in moments})  # seeds a set
+    seeds_per_set = len(_seed_slots(compact))
     blocked = any(compact[index][0] == "int8" for index in moments)
     # Runs of parameters sharing a device, a dtype and a scalar key.
     runs: dict[tuple[Any, ...], list[int]] = {}
@@ -1192,7 +1199,7 @@ def _compact_update(
             if (device, dtype, part) not in kernels:
                 kernels[device, dtype, part] = _kernel(
                     rule, flags, present, device, dtype,
-                    len(values[key]) + BUCKET_SIZE * pairs, False, layout,
+                    len(values[key]) + BUCKET_SIZE * seeds_per_set, False, layout,
                 )  # fmt: skip
     for (device, dtype, key), indices in runs.items():
         vector = values[key]
@@ -1206,7 +1213,7 @@ def _compact_update(
             _split_sets(tensors, index, blocked, sets)
         for part, part_sets in sets.items():
             if part_sets:
-                _run_sets(kernels[device, dtype, part], part_sets, vector, pairs)
+                _run_sets(kernels[device, dtype, part], part_sets, vector, seeds_per_set)
 
 
 def _split_sets(

@@ -48,14 +48,15 @@ the codes and the gradient).
 
 Random bits are reproducible: element ``i`` (its flat index within its
 *part*, see below) of the moment in slot ``k`` (its index in the rule's state
-keys) with seed ``s`` gets ``u = ((hash32(i XOR s) >> (16 * (k % 2))) &
-0xFFFF) / 65536``, ``hash32`` being the "lowbias32" integer hash
-(:func:`hash32`): two bf16 moments share one hash, the low and the high 16
-bits (int8 moments: ``k % 2`` and ``k // 2`` read as 0 and ``k``, each its own hash).
-``s`` is :func:`seed` of the parameter's position in
-the optimizer (over all groups, in order), its step count (after this step's
-increment; for an optimizer that keeps none, Lion and Schedule-Free, its
-group's ``rounding_step``, counted per step and saved with the group), ``k // 2`` (the pair of slots) and the
+keys) gets ``u = ((hash32(i XOR s) >> (16 * h)) & 0xFFFF) / 65536``,
+``hash32`` being the "lowbias32" integer hash (:func:`hash32`). For bf16 two
+moments share one hash: ``h = k % 2`` (the low or the high 16 bits) and the
+seed is that of ``k // 2``; for int8 ``h = 0`` and the seed is that of ``k``
+(:func:`hash_half`, :func:`seed_slot`). The seed ``s`` is :func:`seed` of
+the parameter's position in the optimizer (over all groups, in order), its
+step count (after this step's increment; for an optimizer that keeps none,
+Lion and Schedule-Free, its group's ``rounding_step``, counted per step and
+saved with the group), that slot and the
 part (0; for int8 the parts of the flattened moment are its full blocks
 and a shorter last block, numbered in that order from 0 among those present,
 and the indices restart at 0 in each). So a run resumed from a
@@ -168,9 +169,10 @@ def random16(like: Tensor, seed_value: Tensor | int, half: int = 0) -> Tensor:
     """int32 random bits in [0, 2^16), one per element of ``like`` (flat order): the low
     (``half`` 0) or high (``half`` 1) 16 bits of ``hash32(index XOR seed)``.
 
-    Two moments of a parameter share one hash (one seed), a half each: in a
-    fused kernel the hash is computed once per element (one hash per moment
-    made a bf16 Adam step 2.6x slower on 2 cores, register spills included).
+    Two bf16 moments of a parameter share one hash (one seed), a half each
+    (:func:`seed_slot`, :func:`hash_half`): in a fused kernel the hash is then
+    computed once per element (one hash per moment made a bf16 Adam step 2.6x
+    slower on 2 cores, register spills included).
     """
     index = torch.arange(like.numel(), device=like.device, dtype=torch.int32).view(like.shape)
     bits = hash32(index ^ seed_value)
@@ -375,9 +377,19 @@ class CompactStates(list):
 
 
 def part_seeds(fmt: str, numel: int, position: int, step: int, slot: int) -> tuple[int, ...]:
-    """The seeds of a moment's parts (one for bf16; one per int8 part)."""
+    """The seeds of a moment's parts (one for bf16; one per int8 part); ``slot`` is the
+    seed's (:func:`seed_slot`), not the moment's."""
     count = 1 if fmt == "bfloat16" else max(len(parts(numel)), 1)
     return tuple(seed(position, step, slot, part) for part in range(count))
+
+
+def compress_moment(
+    fmt: str, kind: str, value: Tensor, position: int, step: int, slot: int
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`compress` of the moment in ``slot`` (its index among the rule's state keys)
+    of the parameter at ``position``, rounded with the seeds of ``step``."""
+    seeds = part_seeds(fmt, value.numel(), position, step, seed_slot(fmt, slot))
+    return compress(fmt, kind, value.float(), seeds, hash_half(fmt, slot))
 
 
 _MIX = np.array(
