@@ -590,6 +590,18 @@ def test_every_step_matches_the_reference(case, implementation, fmt):
     run_checked(case, fmt, implementation)
 
 
+@pytest.mark.parametrize("half", [0, 1])
+def test_the_uniforms_are_the_reference_uniforms_exactly(half):
+    """``u`` is built on the float32 bit pattern (``1 + u`` from the mantissa, minus 1): the
+    same values as the hash's 16 bits divided by 2^16, for eager code and kernels alike."""
+    for seed_value in (0, 1, 0x7FFFFFFF, 123456789):
+        got = _lowp.uniform(torch.empty(70_001), seed_value, half)
+        assert got.dtype == torch.float32
+        assert np.array_equal(
+            got.numpy().astype(np.float64), ref.uniforms(70_001, seed_value, half)
+        )
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_the_seeds_of_many_parameters_at_once_are_the_reference_seeds(fmt):
     """The vectorised seeds (numpy uint64) are splitmix64's, as the reference computes them
