@@ -12,6 +12,7 @@ import ast
 import importlib
 import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -242,3 +243,77 @@ def test_bit_casts_compile_to_vector_casts_only_while_optlab_compiles():
     expected = torch.empty(1000)
     _bits(inputs[0], expected, inputs[2])
     assert torch.equal(inputs[1], expected)
+
+
+def _int8_adam_bucket():
+    """optlab's int8-state Adam kernel function for one tensor set of whole blocks: the
+    moments decoded, the rule, each moment coded again with its new per-block absmax."""
+    from optlab.optim.adam import _adam_rule
+
+    compact = (None, None, ("int8", "signed", 0), ("int8", "nonnegative", 1), None)
+    layout = _fused.Layout((compact, "blocks", 8))
+    present = (True, True, True, True, False)
+    return _fused._bucket_function(_adam_rule, present, 1, {"amsgrad": False}, False, layout)
+
+
+def _blockwise_inputs(rows, seed):
+    """param, grad, m codes, m absmax, v codes, v absmax (as rows of 256), then the scalars:
+    sign, l2, decay, beta1, beta2, eps, step size, sqrt(bias correction 2), two seeds."""
+    generator = torch.Generator().manual_seed(seed)
+    scalars = [1.0, 0.0, 1.0, 0.9, 0.999, 1e-8, 1e-3, 0.3, 12345.0, 678.0]
+    return [
+        torch.randn(rows, 256, generator=generator),
+        torch.randn(rows, 256, generator=generator),
+        torch.randint(-127, 128, (rows, 256), generator=generator).to(torch.int8),
+        torch.rand(rows, generator=generator) + 0.5,
+        torch.randint(1, 256, (rows, 256), generator=generator).to(torch.uint8),
+        torch.rand(rows, generator=generator) + 0.5,
+        torch.tensor(scalars, dtype=torch.float64),
+    ]
+
+
+def _full_size_temporaries(wrapper) -> tuple[list[str], str]:
+    path = _inductor.wrapper_file(wrapper)
+    if path is None:
+        _moved("the generated call's module has no __file__")
+    source = Path(path).read_text()
+    return re.findall(r"empty_strided_cpu\(\(\w+, 256\)", source), source
+
+
+@pytest.mark.parametrize("blockwise", [False, True])
+def test_blockwise_fusion_keeps_a_blocks_intermediates_local(blockwise):
+    """Without ``blockwise_fusion`` Inductor 2.13 writes an int8 Adam step's new moments to
+    full-size float32 temporaries and reads them back in later passes; with it, one loop
+    over the rows keeps them in per-row local buffers. The eager function's results either
+    way (as the fused path checks compact kernels), and Inductor is as it was afterwards."""
+    if (reason := _fused._probe("cpu")) is not None:
+        pytest.skip(f"cannot compile on CPU: {reason}")
+    from torch._inductor.codegen import cpp
+
+    before = {
+        name: cpp.CppScheduling.__dict__[name]
+        for name in ("_get_outer_loop_fusion_depth", "codegen_outer_loop_node")
+    }
+    function, names = _int8_adam_bucket()
+    inputs = _blockwise_inputs(37, seed=1)
+    for tensor in inputs:  # as blockwise=True marks them, here always (the same graph)
+        if tensor.dim() == 2:
+            torch._dynamo.mark_static(tensor, 1)
+    layout = _fused.Layout(((), "blocks", 8))  # any compact layout: the options are its kind's
+    result = _inductor.compile_function(
+        function, names, inputs, _fused._options(layout), wide=True, blockwise=blockwise
+    )
+    assert {name: cpp.CppScheduling.__dict__[name] for name in before} == before
+    temporaries, source = _full_size_temporaries(result.wrapper)
+    if blockwise:
+        assert temporaries == [] and "local_buffer_data" in source
+    elif not temporaries:
+        _moved("Inductor fuses a block step into one pass by itself: blockwise_fusion may go")
+    # Called as _fused calls it: 1-D tensors, the row count as numel // 256.
+    rows = dict.fromkeys((0, 1, 2, 4), 256)
+    runner = _inductor.wrapper_runner(result.wrapper, result.plan, len(names) - 1, False, rows)
+    got, expected = _blockwise_inputs(53, seed=2), _blockwise_inputs(53, seed=2)
+    runner([t.view(-1) for t in got[:-1]], got[-1])
+    function(*expected)
+    # As _fused accepts a compact kernel: codes equal but for a few one off at a threshold.
+    assert all(_fused._agree(a.view(-1), b.view(-1)) for a, b in zip(got, expected, strict=True))

@@ -35,10 +35,12 @@ import inspect
 import io
 import json
 import math
+import re
 import subprocess
 import sys
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import adabelief_pytorch
@@ -51,7 +53,7 @@ import torch
 
 import _lowp_reference as ref
 import optlab
-from optlab.optim import _fused, _lowp
+from optlab.optim import _fused, _inductor, _lowp
 from optlab.optim.adabound import AdaBoundW
 
 #: Parameter shapes: 300 = a block + 44, 259 = a block + 3, 1030 = 4 blocks + 6, 150 (one
@@ -536,6 +538,26 @@ def test_a_fresh_process_loads_recorded_int8_kernels_without_tracing():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == namespace["digest"]
+
+
+@needs_fused
+def test_int8_kernels_make_no_temporaries_the_size_of_the_parameters():
+    """A blocks kernel is one pass over its tensors: a block's new moments stay in
+    per-row local buffers (``_inductor.blockwise_fusion``); its own buffers are one
+    float32 per block and moment. (Before, three float32 temporaries per element:
+    24 bytes an element of extra traffic, and the memory held between steps.)"""
+    generator = torch.Generator().manual_seed(6)
+    params = [torch.randn(256 * (40 + k), generator=generator).requires_grad_() for k in range(3)]
+    optimizer = optlab.create_optimizer(params, "adam", lr=1e-2, fused=True, state_dtype="int8")
+    for param in params:
+        param.grad = torch.randn(param.shape, generator=generator)
+    optimizer.step()
+    kernels = [k for k in _int8_kernels() if k.layout.part == "blocks" and k._direct is not None]
+    assert kernels, "the int8 blocks kernel is called through its wrapper"
+    for kernel in kernels:
+        source = Path(_inductor.wrapper_file(kernel._direct)).read_text()
+        assert "local_buffer_data" in source
+        assert not re.findall(r"empty_strided_cpu\(\(\w+, 256\)", source)
 
 
 @needs_fused

@@ -564,6 +564,7 @@ class _Kernel:
         self._plan: list[tuple[int, bool]] | None = None
         self._runner: Callable[[Sequence[Tensor], Tensor], Any] | None = None
         self._flat = False  # pass 1-D views instead of the tensors themselves
+        self._blocks = bool(layout) and layout.part == "blocks"  # compiled as rows of blocks
         self._local = threading.local()  # this thread's scalar vector (see ``scalar_vector``)
 
     # ----- compile ----------------------------------------------------------
@@ -571,10 +572,22 @@ class _Kernel:
     def compile(self, num_scalars: int) -> None:
         global _compiles
         # Distinct sizes per slot (Dynamo gives equal sizes one symbol), none 0 or 1.
-        scratch = self._scratch([(size,) for size in self._sizes(0)], num_scalars, seed=0)
+        # int8 blocks are compiled as rows (n, BLOCK) and called with tensors of any
+        # shape (the code indexes them linearly; ``runner``), so that a block's
+        # reduction and its consumers are one loop (``_inductor.blockwise_fusion``).
+        rows = self._blocks
+        shapes = [
+            (size // _lowp.BLOCK, _lowp.BLOCK) if rows else (size,) for size in self._sizes(0)
+        ]
+        scratch = self._scratch(shapes, num_scalars, seed=0)
         try:
             compiled = _inductor.compile_function(
-                self.function, self.names, scratch, _options(self.layout), wide=bool(self.layout)
+                self.function,
+                self.names,
+                scratch,
+                _options(self.layout),
+                wide=bool(self.layout),
+                blockwise=rows,
             )
         except Exception as error:
             raise FusedCompileError(
@@ -804,18 +817,41 @@ class _Kernel:
         """
         if self._runner is not None:
             return self._runner
+        rows = self._row_arguments()
         if self._direct is None:
             compiled = self._compiled
+            if rows:  # as compiled: rows of blocks (Dynamo would compile 1-D tensors anew)
+                width = _lowp.BLOCK
 
-            def through_dynamo(tensors: Sequence[Tensor], scalars: Tensor) -> Any:
-                return compiled(*tensors, scalars)
+                def through_dynamo(tensors: Sequence[Tensor], scalars: Tensor) -> Any:
+                    return compiled(
+                        *(t.view(-1, width) if i in rows else t for i, t in enumerate(tensors)),
+                        scalars,
+                    )
+
+            else:
+
+                def through_dynamo(tensors: Sequence[Tensor], scalars: Tensor) -> Any:
+                    return compiled(*tensors, scalars)
 
             self._runner = through_dynamo
             return self._runner
         scalars_index = len(self.names) - 1
         wrapper = _inductor.reuse_buffers(self._direct) if self._on_cpu else self._direct
-        self._runner = _inductor.wrapper_runner(wrapper, self._plan, scalars_index, self._flat)
+        self._runner = _inductor.wrapper_runner(
+            wrapper, self._plan, scalars_index, self._flat, rows
+        )
         return self._runner
+
+    def _row_arguments(self) -> dict[int, int]:
+        """Argument index -> row width, for the tensors compiled as rows of blocks."""
+        if not self._blocks:
+            return {}
+        return {
+            index: _lowp.BLOCK
+            for index in range(self.arity * self.width)
+            if self.members[index % self.width][1] != "absmax"
+        }
 
 
 _dtype_of = operator.attrgetter("dtype")
@@ -921,7 +957,7 @@ def _kernel(
 # --------------------------------------------------------------------------
 
 #: Bump when what a record holds, or how it is used, changes.
-_RECORD_FORMAT = 3
+_RECORD_FORMAT = 4
 
 
 def _cache_dir() -> Path:

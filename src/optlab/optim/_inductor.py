@@ -49,6 +49,11 @@ PRIVATE_API = (
     "torch._inductor.codecache.PyCodeCache.load_by_key_path",
     "torch._inductor.codegen.cpp.TilingSelect.select_tiling",
     "torch._inductor.cpu_vec_isa.pick_vec_isa",
+    "torch._inductor.codegen.cpp.CppScheduling._get_outer_loop_fusion_depth",
+    "torch._inductor.codegen.cpp.CppScheduling.codegen_outer_loop_node",
+    "torch._inductor.codegen.cpp.OuterLoopFusedSchedulerNode",
+    "torch._dynamo.mark_static",
+    "torch._inductor.config.fx_graph_cache",
 )
 
 #: What a direct call's argument expressions are evaluated over: ``t`` the
@@ -119,10 +124,14 @@ def compile_function(
     inputs: Sequence[Tensor],
     options: Mapping[str, Any],
     wide: bool = False,
+    blockwise: bool = False,
 ) -> Compiled:
     """``torch.compile(function, dynamic=True, fullgraph=True)``, run once on ``inputs``.
 
-    ``wide``: vector loops twice as wide as Inductor picks (:func:`wide_tiling`).
+    ``wide``: vector loops twice as wide as Inductor picks (:func:`wide_tiling`);
+    ``blockwise``: per-block reductions fused with their consumers
+    (:func:`blockwise_fusion`), and the second dimension of every 2-D input
+    (rows of blocks) compiled as fixed (``torch._dynamo.mark_static``).
 
     ``names`` are ``function``'s argument names. Raises what compiling raises.
     Relies on:
@@ -155,12 +164,22 @@ def compile_function(
         return compile_fx(graph, example_inputs, inner_compile=inner_compile)
 
     compiled = torch.compile(function, dynamic=True, fullgraph=True, backend=backend)
+    if blockwise:
+        for tensor in inputs:
+            if tensor.dim() == 2:
+                torch._dynamo.mark_static(tensor, 1)
+        # Inductor's FX graph cache keys on the graph and the config, not on the patched
+        # scheduling: without this an earlier compile of the same graph (an older optlab)
+        # would be reused. optlab's own records (``_fused._remember``) spare a later process
+        # the compile instead.
+        options = {**options, "fx_graph_cache": False}
     with (
         torch.no_grad(),
         torch._functorch.config.patch(enable_autograd_cache=False),
         torch._inductor.config.patch(dict(options)),
         vectorized_bitcasts(),
         wide_tiling() if wide else contextlib.nullcontext(),
+        blockwise_fusion() if blockwise else contextlib.nullcontext(),
     ):
         compiled(*inputs)
     wrapper = getattr(captured.get("output"), "current_callable", None)
@@ -248,6 +267,93 @@ def wide_tiling() -> Iterator[None]:
         cpp.TilingSelect.select_tiling = chosen
 
 
+@contextlib.contextmanager
+def blockwise_fusion() -> Iterator[None]:
+    """While compiling: a per-block reduction and its consumers in one loop over the blocks.
+
+    An int8 kernel (:mod:`._lowp`) computes a block's new moments, reduces each to
+    its absmax and codes it with that absmax. Inductor 2.13's CPU code can fuse
+    such nodes into one loop over the rows (blocks) whose body runs one inner
+    loop per node ("outer loop fusion"), keeping the row's intermediates in
+    small local buffers; for this kernel it did not, and made full-size float32
+    temporaries and two or three passes over memory instead, because:
+
+    - a node with no inner loop (the copy of a row's absmax into the state, a
+      loop over the rows alone) joined the group and its vector loop failed
+      the group's "same tiling at every level" check, which drops the whole
+      group: such nodes are left out of it (they run after it, over the rows);
+    - a group of depth 1 took a reduction but not two pointwise nodes after
+      it (their common depth, 2, is not the group's): nodes whose outer loop
+      variables match the group's are fused at the group's depth;
+    - a buffer is kept local only if all its users are in the group, and the
+      users include "weak" ones, ordering-only dependencies that read nothing
+      (the state's mutation after the old state has been read): they are not
+      counted while the group's code is generated. The group is generated
+      before those nodes, so the order they stand for holds.
+
+    With all three an Adam step with int8 state is one pass (0 bytes of
+    temporaries per element; measured in docs/benchmarks.md). Relies on
+    ``torch._inductor.codegen.cpp.CppScheduling._get_outer_loop_fusion_depth(node1,
+    node2)`` and ``codegen_outer_loop_node(node)``, ``OuterLoopFusedSchedulerNode``
+    (``outer_loop_fusion_depth``, ``get_outer_nodes()``), scheduler nodes'
+    ``group`` (``(device, (vars, reduction_vars))``), ``get_nodes()``,
+    ``get_outputs()``, and buffers' ``users`` with ``is_weak``.
+    """
+    from torch._inductor.codegen import cpp
+
+    scheduling = cpp.CppScheduling
+    outer_type = cpp.OuterLoopFusedSchedulerNode
+    chosen_depth = scheduling.__dict__["_get_outer_loop_fusion_depth"]
+    chosen_codegen = scheduling.__dict__["codegen_outer_loop_node"]
+
+    def loop_vars(node: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        _, (variables, reduction) = max(node.get_nodes(), key=lambda n: int(n.is_reduction())).group
+        return tuple(variables), tuple(reduction)
+
+    def fusion_depth(self: Any, node1: Any, node2: Any) -> int:
+        depth = chosen_depth(self, node1, node2)
+        groups = [node for node in (node1, node2) if type(node) is outer_type]
+        if not depth and len(groups) == 1:
+            group = groups[0]
+            last = node1.get_outer_nodes()[-1] if node1 is group else node1
+            first = node2.get_outer_nodes()[0] if node2 is group else node2
+            if all(type(n) in (cpp.FusedSchedulerNode, cpp.SchedulerNode) for n in (last, first)):
+                wanted = group.outer_loop_fusion_depth
+                variables1, variables2 = loop_vars(last)[0], loop_vars(first)[0]
+                if wanted <= min(len(variables1), len(variables2)) and (
+                    variables1[:wanted] == variables2[:wanted]
+                ):
+                    depth = wanted
+        if depth:
+            for node in (node1, node2):
+                outer = node.get_outer_nodes() if type(node) is outer_type else [node]
+                if any(sum(map(len, loop_vars(n))) <= depth for n in outer):
+                    return 0  # nothing to run inside the outer loop
+        return depth
+
+    def codegen_outer_loop_node(self: Any, node: Any) -> Any:
+        hidden = []
+        for member in node.get_nodes():
+            for buffer in member.get_outputs():
+                strong = [user for user in buffer.users if not user.is_weak]
+                if len(strong) != len(buffer.users):
+                    hidden.append((buffer, buffer.users))
+                    buffer.users = strong
+        try:
+            return chosen_codegen(self, node)
+        finally:
+            for buffer, users in hidden:
+                buffer.users = users
+
+    scheduling._get_outer_loop_fusion_depth = fusion_depth
+    scheduling.codegen_outer_loop_node = codegen_outer_loop_node
+    try:
+        yield
+    finally:
+        scheduling._get_outer_loop_fusion_depth = chosen_depth
+        scheduling.codegen_outer_loop_node = chosen_codegen
+
+
 def _no_layout_check(*args: Any, **kwargs: Any) -> None:
     return None
 
@@ -285,12 +391,13 @@ def _check_element_counts(wrapper: Any) -> None:
 def reuse_buffers(wrapper: Callable[[list[Any]], Any]) -> Callable[[list[Any]], Any]:
     """``wrapper``, its CPU buffers kept between calls (per thread) instead of made anew.
 
-    A generated module that makes buffers of its own (int8 state: float32
-    temporaries for the block reduction, about three a parameter element)
+    A generated module that makes buffers of its own (int8 state: a float32
+    per block and moment for the block reductions; before
+    :func:`blockwise_fusion`, three float32 temporaries per element)
     allocates them with ``empty_strided_cpu`` at every call; buffers of
     megabytes come from fresh pages each time, and the page faults cost more
     than the kernel (about 45,000 a step, most of an int8 step's time on 16.8M
-    parameters here). Through the returned function, the n-th allocation of a
+    parameters, with the three-per-element temporaries). Through the returned function, the n-th allocation of a
     call is a view of this thread's n-th kept buffer, grown when a call needs
     more. Safe because the module's buffers are temporaries (the bucket
     functions return nothing) and a call has finished with them when it
@@ -387,17 +494,26 @@ def wrapper_runner(
     plan: Sequence[tuple[int, bool]],
     scalars_index: int,
     flat: bool,
+    rows: Mapping[int, int] | None = None,
 ) -> Runner:
     """A runner calling Inductor's generated ``call`` on a bucket.
 
     Relies on ``call`` taking one list: the graph's inputs in placeholder
     order, an element count as a Python int. ``scalars_index`` is the scalar
     vector's argument index; ``flat`` passes 1-D views of the tensors.
+    ``rows`` maps the arguments compiled as rows ``(n, width)`` to their
+    ``width``: they are passed as they come (contiguous, any shape) with ``n``
+    as ``numel() // width`` (the code indexes them linearly either way).
     """
     view = ".view(-1)" if flat else ""
+    rows = rows or {}
+
+    def count(index: int) -> str:
+        return f".numel() // {rows[index]}" if index in rows else ".numel()"
+
     items = [
         ("h" if index == scalars_index else f"t[{index}]")
-        + (".numel()" if is_size else "" if index == scalars_index else view)
+        + (count(index) if is_size else "" if index == scalars_index else view)
         for index, is_size in plan
     ]
     return _generated_call(wrapper, items, as_list=True)

@@ -42,9 +42,9 @@ An elementwise optimizer's group option ``state_dtype`` chooses how its
 The update always reads the decoded old moments and uses the new moments
 *before* they are rounded (the parameter sees a full-precision update); only
 what is stored for the next step is rounded. The fused kernel does all of
-it in its one pass over the parameter (bf16: one pass; int8: the block's
-absmax is a reduction, which Inductor's CPU code makes a second pass over
-the codes and the gradient).
+it in one pass over the tensors (int8: one loop over the blocks, a block's new
+moments held in per-row buffers while its absmax is found and it is coded;
+see ``_inductor.blockwise_fusion``).
 
 Random bits are reproducible: element ``i`` (its flat index within its
 *part*, see below) of the moment in slot ``k`` (its index in the rule's state
