@@ -168,11 +168,11 @@ def compile_function(
         for tensor in inputs:
             if tensor.dim() == 2:
                 torch._dynamo.mark_static(tensor, 1)
-        # Inductor's FX graph cache keys on the graph and the config, not on the patched
-        # scheduling: without this an earlier compile of the same graph (an older optlab)
-        # would be reused. optlab's own records (``_fused._remember``) spare a later process
-        # the compile instead.
-        options = {**options, "fx_graph_cache": False}
+    # Inductor's FX graph cache keys on the graph and the config, not on the code
+    # generation patched here: it served a Lion bf16 kernel compiled by an earlier
+    # version without them (12.7 ms a step instead of 6.2 ms on 16.8M parameters).
+    # optlab's own records (``_fused._remember``) spare a later process the compile.
+    options = {**options, "fx_graph_cache": False}
     with (
         torch.no_grad(),
         torch._functorch.config.patch(enable_autograd_cache=False),
