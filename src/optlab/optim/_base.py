@@ -546,7 +546,7 @@ class OptlabOptimizer(Optimizer):
 
     def _rounding_step(self, group: Mapping[str, Any], state: Mapping[str, Any]) -> int:
         """The step count a parameter's rounding seeds use: its ``step``, or for an
-        optimizer that keeps none (Lion, Schedule-Free) the group's ``rounding_step``."""
+        optimizer that keeps none (SGD, Lion, Schedule-Free) the group's ``rounding_step``."""
         if "step" in state:
             return int(state["step"])
         return int(group.get("rounding_step", 0))
@@ -661,6 +661,17 @@ class OptlabOptimizer(Optimizer):
     #: Elements decoded at once for a hand-written form run on compact state.
     _DECODE_CHUNK = 1 << 22
 
+    def _decode_chunks(self, params: Sequence[Tensor]) -> list[list[int]]:
+        """Indices of ``params`` in runs of about :attr:`_DECODE_CHUNK` elements, in order."""
+        chunks, chunk, size = [], [], 0
+        for index, param in enumerate(params):
+            chunk.append(index)
+            size += param.numel()
+            if size >= self._DECODE_CHUNK:
+                chunks.append(chunk)
+                chunk, size = [], 0
+        return chunks + [chunk] if chunk else chunks
+
     def _run_form_decoded(
         self,
         group: dict[str, Any],
@@ -671,15 +682,7 @@ class OptlabOptimizer(Optimizer):
         implementation: str,
     ) -> None:
         """A hand-written form on compact state: decoded a chunk of tensors at a time."""
-        chunks, chunk, size = [], [], 0
-        for index, param in enumerate(params):
-            chunk.append(index)
-            size += param.numel()
-            if size >= self._DECODE_CHUNK:
-                chunks.append(chunk)
-                chunk, size = [], 0
-        chunks += [chunk] if chunk else []
-        for indices in chunks:
+        for indices in self._decode_chunks(params):
             lists = []
             for states in state_lists:
                 if isinstance(states, _lowp.CompactStates):

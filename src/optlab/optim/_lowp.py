@@ -55,7 +55,7 @@ seed is that of ``k // 2``; for int8 ``h = 0`` and the seed is that of ``k``
 (:func:`hash_half`, :func:`seed_slot`). The seed ``s`` is :func:`seed` of
 the parameter's position in the optimizer (over all groups, in order), its
 step count (after this step's increment; for an optimizer that keeps none,
-Lion and Schedule-Free, its group's ``rounding_step``, counted per step and
+SGD, Lion and Schedule-Free, its group's ``rounding_step``, counted per step and
 saved with the group), that slot and the
 part (0; for int8 the parts of the flattened moment are its full blocks
 and a shorter last block, numbered in that order from 0 among those present,

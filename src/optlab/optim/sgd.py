@@ -23,6 +23,9 @@ weight_decay=0, nesterov=False); the registry's ``momentum`` and ``nag``
 entries set momentum=0.9 (and nesterov). State: only ``momentum_buffer``,
 created on a parameter's first step with momentum, and no ``step`` (torch
 keeps none either), so checkpoints move between torch.optim and optlab.
+``state_dtype`` stores the buffer compactly (:mod:`optlab.optim._lowp`; a
+first moment, "signed"); its rounding seeds count the group's steps
+(``rounding_step``), as SGD keeps no step count.
 
 Departures from torch.optim: ``differentiable`` is taken as ``False`` only
 (``True`` raises ``ValueError``); sparse gradients are rejected;
@@ -36,11 +39,13 @@ uninitialised one; its non-fused route none).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from types import MappingProxyType
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from . import _lowp
 from ._base import (
     OptlabOptimizer,
     as_real,
@@ -122,10 +127,12 @@ class SGD(OptlabOptimizer):
         weight_decay: L2 penalty added to the gradient (default 0).
         nesterov: Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0``.
         {common}
+        {state}
         differentiable: accepted as ``False`` only (torch.optim's autograd through the step).
     """
 
     state_keys = ("momentum_buffer",)
+    moment_kinds = MappingProxyType({"momentum_buffer": "signed"})
     counts_steps = False
     torch_off_only = ("differentiable",)
     rule = staticmethod(_sgd_rule)
@@ -144,6 +151,7 @@ class SGD(OptlabOptimizer):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
+        state_dtype: torch.dtype | str | None = None,
     ) -> None:
         super().__init__(params, hparams(locals()))
 
@@ -191,37 +199,17 @@ class SGD(OptlabOptimizer):
             for state in states
         ]
         firsts = [buffer is None for buffer in buffers]
-        sign = -1.0 if group["maximize"] else 1.0
-        l2, decay = self._decay(group)
+        if self._state_format(group) is not None:
+            self._update_compact(group, params, grads, states, firsts, implementation)
+            return
         form = self.forms.get(implementation)
         if form is None:  # the fused kernel, or the rule eagerly per tensor
             for i, first in enumerate(firsts):
                 if first:  # the rule writes the gradient into it
                     buffers[i] = torch.zeros_like(grads[i])
-            own = self._scalars(group)
-            run = fused_update if implementation == "fused" else derived_form
-            run(
-                self.rule,
-                [params, grads, buffers],
-                lambda first: (sign, l2, decay, *own(first)),
-                firsts,
-                **self._flags(group),
-            )
-        elif implementation == "loop":
-            grads = [
-                prepare_loop(param, grad, sign=sign, l2=l2, decay=decay)
-                for param, grad in zip(params, grads, strict=True)
-            ]
-            form(group, None, params, grads, buffers)
+            self._run_rule(group, params, grads, buffers, firsts, implementation)
         else:
-            indices = list(range(len(params)))
-            for run_params, run_grads, run_buffers, run_indices in group_by_device_and_dtype(
-                params, grads, buffers, indices
-            ):
-                run_grads = prepare_foreach(run_params, run_grads, sign=sign, l2=l2, decay=decay)
-                form(group, None, run_params, run_grads, run_buffers)
-                for i, buffer in zip(run_indices, run_buffers, strict=True):
-                    buffers[i] = buffer
+            self._run_form(group, params, grads, buffers, implementation)
         scaling = current_grad_scaling()
         if scaling is not None and bool(scaling[1]):
             # GradScaler found inf/NaN and the kernel left everything as it was:
@@ -240,3 +228,67 @@ class SGD(OptlabOptimizer):
                 state["momentum_buffer"] = (
                     torch.view_as_complex(buf) if torch.is_complex(original) else buf
                 )
+
+    def _run_rule(self, group, params, grads, buffers, firsts, implementation) -> None:
+        """The fused kernel, or the rule eagerly per tensor; ``firsts`` marks first steps."""
+        sign = -1.0 if group["maximize"] else 1.0
+        l2, decay = self._decay(group)
+        own = self._scalars(group)
+        run = fused_update if implementation == "fused" else derived_form
+        run(
+            self.rule,
+            [params, grads, buffers],
+            lambda first: (sign, l2, decay, *own(first)),
+            firsts,
+            **self._flags(group),
+        )
+
+    def _run_form(self, group, params, grads, buffers, implementation) -> None:
+        """The hand-written form; a ``None`` buffer is born there, stored into ``buffers``."""
+        sign = -1.0 if group["maximize"] else 1.0
+        l2, decay = self._decay(group)
+        form = self.forms[implementation]
+        if implementation == "loop":
+            grads = [
+                prepare_loop(param, grad, sign=sign, l2=l2, decay=decay)
+                for param, grad in zip(params, grads, strict=True)
+            ]
+            form(group, None, params, grads, buffers)
+            return
+        indices = list(range(len(params)))
+        for run_params, run_grads, run_buffers, run_indices in group_by_device_and_dtype(
+            params, grads, buffers, indices
+        ):
+            run_grads = prepare_foreach(run_params, run_grads, sign=sign, l2=l2, decay=decay)
+            form(group, None, run_params, run_grads, run_buffers)
+            for i, buffer in zip(run_indices, run_buffers, strict=True):
+                buffers[i] = buffer
+
+    def _update_compact(self, group, params, grads, states, firsts, implementation) -> None:
+        """With ``state_dtype``: the buffer stored compactly.
+
+        A parameter's first step with momentum first gets a zero buffer in the
+        group's format, so every parameter has one: the rule, told it is the first
+        step, writes the gradient itself into it (the buffer's old value is not
+        read); a hand-written form gets ``None`` there and clones the gradient, as
+        without ``state_dtype``.
+        """
+        fmt = self._state_format(group)
+        for param, state, first in zip(params, states, firsts, strict=True):
+            if first:
+                codes, absmax = _lowp.empty_state(fmt, "signed", param)
+                state["momentum_buffer"] = codes.zero_()
+                if absmax is not None:
+                    state[_lowp.absmax_key("momentum_buffer")] = absmax.zero_()
+        buffers = self._real_states(states, self.state_keys, group, params)["momentum_buffer"]
+        if implementation not in self.forms:
+            self._run_rule(group, params, grads, buffers, firsts, implementation)
+            return
+        for indices in self._decode_chunks(params):
+            decoded = [None if firsts[i] else buffers.decoded(i, params[i].dtype) for i in indices]
+            self._run_form(
+                group, [params[i] for i in indices], [grads[i] for i in indices], decoded,
+                implementation,
+            )  # fmt: skip
+            for i, value in zip(indices, decoded, strict=True):
+                buffers.store(i, value)
