@@ -1237,27 +1237,16 @@ def _compact_update(
                     rule, flags, present, device, dtype,
                     len(values[key]) + BUCKET_SIZE * seeds_per_set, False, layout,
                 )  # fmt: skip
-    given = [lists for lists in tensors if lists is not None]
-    # bf16: one seed list per seed slot, in slot order (as _split_sets orders them).
-    seed_lists = {}
-    for lists in given:
-        if isinstance(lists, _lowp.CompactStates):
-            seed_lists.setdefault(_lowp.seed_slot(lists.fmt, lists.slot), lists.seeds)
-    seed_lists = [seed_lists[slot] for slot in sorted(seed_lists)]
     for (device, dtype, key), indices in runs.items():
         vector = values[key]
         sets: dict[str, list[tuple[list[Tensor], list[int]]]] = {part: [] for part in parts}
-        flat = sets.get("flat")
         for index in indices:
-            members = [lists[index] for lists in given]
+            members = [lists[index] for lists in tensors if lists is not None]
             if not all(map(Tensor.is_contiguous, members)):
                 arguments = [None if lists is None else lists[index] for lists in tensors]
                 _lowp.run_rule(rule, arguments, tensors, index, HostScalars(vector), flags)
                 continue
-            if flat is None:
-                _split_sets(tensors, index, blocked, sets)
-            elif members[0].numel():  # bf16: the tensors themselves, one part
-                flat.append((members, [seeds[index][0] for seeds in seed_lists]))
+            _split_sets(tensors, index, blocked, sets)
         for part, part_sets in sets.items():
             if part_sets:
                 _run_sets(kernels[device, dtype, part], part_sets, vector, seeds_per_set)
