@@ -94,7 +94,7 @@ def _table_rows(report: str) -> dict[tuple[str, str, str, str], list[str]]:
 
 def test_state_dtypes_give_a_row_each_with_the_bytes_of_state_kept(tmp_path, capsys):
     output = tmp_path / "benchmarks.md"
-    argv = ["speed", "--optimizers", "adam", "sgd", "--state-dtypes", "none", "bfloat16", "int8"]
+    argv = ["speed", "--optimizers", "adam", "lars", "--state-dtypes", "none", "bfloat16", "int8"]
     argv += ["--regimes", "tiny", "--paths", "foreach", "--repeats", "2", "--rounds", "1"]
     argv += ["--no-first-step", "--no-memory", "--no-references", "--output", str(output)]
     assert main(argv) == 0
@@ -109,9 +109,9 @@ def test_state_dtypes_give_a_row_each_with_the_bytes_of_state_kept(tmp_path, cap
     assert rows[("adam", "optlab", path, "bf16")][0] == "4.00"
     assert rows[("adam", "optlab", path, "int8")][0] == "2.03"
     assert rows[("adam", "torch.optim", "fused", "fp32")][0] == "8.00"  # the yardstick
-    # No state_dtype option: plain SGD is measured at full precision only, and said so.
-    assert {key[3] for key in rows if key[0] == "sgd"} == {"fp32"}
-    assert "sgd: no state_dtype option" in report
+    # No state_dtype option (LARS: layer-wise, SGD takes it now): full precision only, and said so.
+    assert {key[3] for key in rows if key[0] == "lars"} == {"fp32"}
+    assert "lars: no state_dtype option" in report
     assert "the reference packages: --no-references" in report
     for cells in rows.values():
         assert re.fullmatch(r"\d+\.\d+", cells[1]), cells  # a median, not an error
