@@ -473,6 +473,42 @@ def _compiled_adam_kernel():
     )
 
 
+@pytest.mark.parametrize("floats", [8, 16])
+def test_full_precision_cpu_kernels_take_two_registers_a_step_where_one_holds_eight_floats(
+    monkeypatch, floats
+):
+    """Where a vector register holds 8 float32 (AVX2) a full-precision kernel's loop steps
+    over two (``VectorizedN<float,2>`` in the generated C++), elsewhere over one; the
+    step is torch's either way. The register width is set here, so both cases run on
+    any machine with a vector instruction set; nothing is remembered across processes
+    (a record would outlive the pretended width)."""
+    if (reason := _fused._probe("cpu")) is not None:
+        pytest.skip(f"cannot compile on CPU: {reason}")
+    if _inductor.floats_per_register() == 0:
+        pytest.skip("Inductor has no vector instruction set on this CPU")
+    monkeypatch.setattr(_inductor, "floats_per_register", lambda: floats)
+    monkeypatch.setattr(_fused, "_kernels", {})
+    monkeypatch.setattr(_fused._Kernel, "load", lambda self, num_scalars: False)
+    monkeypatch.setattr(_fused, "_remember", lambda *args, **kwargs: None)
+    params = _params(31)
+    reference = [p.detach().clone().requires_grad_() for p in params]
+    ours = optimizer_class("adam")(params, lr=1e-2, fused=True)
+    torch_adam = torch.optim.Adam(reference, lr=1e-2)
+    for step in range(3):
+        _set_grads([params, reference], step)
+        ours.step()
+        torch_adam.step()
+    for got, expected in zip(params, reference, strict=True):
+        torch.testing.assert_close(got.detach(), expected.detach(), rtol=1e-6, atol=1e-7)
+    kernel = next(k for k in _fused._kernels.values() if k.rule.__name__ == "_adam_rule")
+    path = _inductor.wrapper_file(kernel._direct) if kernel._direct is not None else None
+    if path is None:
+        pytest.skip("the kernel runs through Dynamo here: no generated source to read")
+    with open(path) as source:
+        two_registers = "VectorizedN<float,2>" in source.read()
+    assert two_registers is (floats == 8)
+
+
 def test_the_scalar_vector_is_rewritten_in_place_and_kept_per_thread():
     kernel = _compiled_adam_kernel()
     first = kernel.scalar_vector([1.0, 2.0, 3.0])

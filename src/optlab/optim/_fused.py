@@ -586,7 +586,7 @@ class _Kernel:
                 self.names,
                 scratch,
                 _options(self.layout),
-                wide=bool(self.layout),
+                wide=_wide(self.layout, self.device),
                 blockwise=rows,
             )
         except Exception as error:
@@ -906,6 +906,24 @@ _INDUCTOR_OPTIONS: dict[str, Any] = {"compile_threads": 1}
 #: Inductor setting changes. (An earlier arithmetic rounding needed
 #: ``emulate_precision_casts``, which costs a third of a bf16 kernel's time.)
 _COMPACT_OPTIONS: dict[str, Any] = {}
+
+
+#: Floats per vector register (``_inductor.floats_per_register``) at which full-precision
+#: CPU kernels are compiled wide too: two registers per loop step. AVX2 (8): on a 2-core
+#: Zen 3 machine (AVX2 only), Adam and AdaBelief steps went from a median 1.08-1.21x
+#: torch fused Adam's time to 1.01-1.07x, large and mixed regimes, five process pairs
+#: each (docs/benchmarks.md, "Full precision on AVX2"). On AVX-512 (16) the kernels were
+#: at 1.00-1.03x with one register and stay so (two were not measured there).
+_WIDE_FULL_PRECISION = frozenset({8})
+
+
+def _wide(layout: Layout, device: torch.device) -> bool:
+    """Whether a kernel's CPU vector loops take two registers per step
+    (``_inductor.wide_tiling``): compact-state kernels always (whole bf16 and int8
+    loads and stores), full-precision ones where :data:`_WIDE_FULL_PRECISION` says."""
+    if layout:
+        return True
+    return device.type == "cpu" and _inductor.floats_per_register() in _WIDE_FULL_PRECISION
 
 
 def _options(layout: Layout) -> dict[str, Any]:

@@ -234,6 +234,15 @@ def vectorized_bitcasts() -> Iterator[None]:
         cpp.CppVecOverrides.to_dtype_bitcast = scalarised
 
 
+def floats_per_register() -> int:
+    """How many float32 one vector register of Inductor's CPU code holds: 8 with AVX2,
+    16 with AVX-512, 0 without a vector instruction set. Imports Inductor (seconds the
+    first time). Relies on ``cpu_vec_isa.pick_vec_isa().nelements(dtype=...)``."""
+    from torch._inductor import cpu_vec_isa
+
+    return int(cpu_vec_isa.pick_vec_isa().nelements(dtype=torch.float))
+
+
 @contextlib.contextmanager
 def wide_tiling() -> Iterator[None]:
     """While compiling: CPU vector loops over two float32 registers, not one.
@@ -244,7 +253,8 @@ def wide_tiling() -> Iterator[None]:
     mask. Two registers per step make them whole: a bf16-state Adam step
     written for ``torch.compile`` took 5.2-5.7 ms instead of 8.3-9.4 ms on 2^24
     parameters (the same code with float32 state: 6.9-7.8 ms). Applied to the
-    compact-state kernels only. Relies on
+    compact-state kernels, and to full-precision ones where a register holds 8
+    float32 (AVX2; :func:`floats_per_register`, ``_fused._wide``). Relies on
     ``torch._inductor.codegen.cpp.TilingSelect.select_tiling`` returning
     ``(factors, indices, stats)`` and on ``cpu_vec_isa.pick_vec_isa().nelements()``.
     """
