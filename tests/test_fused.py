@@ -490,16 +490,11 @@ def test_full_precision_cpu_kernels_take_two_registers_a_step_where_one_holds_ei
     monkeypatch.setattr(_fused, "_kernels", {})
     monkeypatch.setattr(_fused._Kernel, "load", lambda self, num_scalars: False)
     monkeypatch.setattr(_fused, "_remember", lambda *args, **kwargs: None)
-    params = _params(31)
-    reference = [p.detach().clone().requires_grad_() for p in params]
+    params, torch_params = _params(31), _params(31)
     ours = optimizer_class("adam")(params, lr=1e-2, fused=True)
-    torch_adam = torch.optim.Adam(reference, lr=1e-2)
-    for step in range(3):
-        _set_grads([params, reference], step)
-        ours.step()
-        torch_adam.step()
-    for got, expected in zip(params, reference, strict=True):
-        torch.testing.assert_close(got.detach(), expected.detach(), rtol=1e-6, atol=1e-7)
+    reference = torch.optim.Adam(torch_params, lr=1e-2, fused=True)
+    _step_together(ours, reference, params, torch_params, range(3))
+    _assert_close_states(ours, reference, params, torch_params)
     kernel = next(k for k in _fused._kernels.values() if k.rule.__name__ == "_adam_rule")
     path = _inductor.wrapper_file(kernel._direct) if kernel._direct is not None else None
     if path is None:
